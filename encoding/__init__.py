@@ -1,0 +1,1 @@
+"""Frozen-backbone encoding of image-caption datasets into an HDF5 embedding cache."""

@@ -1,0 +1,265 @@
+"""The embedding cache on disk: HDF5 shards plus `metadata.json` (format in README "Cache format").
+
+A shard is written to a temporary name and renamed when complete; `metadata.json` is rewritten
+atomically, under a file lock, after every shard, so a killed run leaves a valid, resumable cache.
+"""
+
+import contextlib
+import datetime
+import fcntl
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from encoding.errors import BadInput
+
+FORMAT = "xalign-cache"
+VERSION = 1
+METADATA = "metadata.json"
+SPLITS = "splits.json"
+_STR = h5py.string_dtype("utf-8")
+
+
+@dataclass
+class ShardData:
+    """One shard's contents. n images, m captions."""
+
+    image_ids: list[str]  # (n,)
+    image_embeddings: np.ndarray  # (n, D_img)
+    image_paths: list[str]  # (n,)
+    caption_image_ids: list[str]  # (m,)
+    caption_embeddings: np.ndarray  # (m, D_txt)
+    caption_text: list[str]  # (m,)
+    image_labels: np.ndarray | None = None  # (n,) int64
+    image_splits: list[str] | None = None  # (n,) the dataset's own split name per image
+    image_pixel_sha1: list[str] | None = None  # (n,) hash of decoded pixels, for duplicate grouping
+    skipped: list[dict] | None = None  # [{image_id, path, reason}]
+
+
+@dataclass
+class CacheArrays:
+    """A cache (or a subset of its images) in memory. N images, M captions."""
+
+    image_ids: np.ndarray  # (N,) str
+    image_embeddings: np.ndarray  # (N, D_img)
+    image_paths: np.ndarray  # (N,) str
+    caption_image_ids: np.ndarray  # (M,) str
+    caption_embeddings: np.ndarray  # (M, D_txt)
+    caption_text: np.ndarray  # (M,) str
+    caption_image_index: np.ndarray  # (M,) int64, row of each caption's image
+    image_labels: np.ndarray | None = None  # (N,) int64
+    image_splits: np.ndarray | None = None  # (N,) str
+    image_pixel_sha1: np.ndarray | None = None  # (N,) str
+
+    def select(self, image_ids) -> "CacheArrays":
+        """The images whose id is in `image_ids` (cache order kept) and all their captions."""
+        keep_images = np.isin(self.image_ids, np.asarray(list(image_ids), dtype=object))
+        keep_captions = keep_images[self.caption_image_index]
+        new_row = np.cumsum(keep_images) - 1
+        optional = {
+            name: None if (value := getattr(self, name)) is None else value[keep_images]
+            for name in ("image_labels", "image_splits", "image_pixel_sha1")
+        }
+        return CacheArrays(
+            image_ids=self.image_ids[keep_images],
+            image_embeddings=self.image_embeddings[keep_images],
+            image_paths=self.image_paths[keep_images],
+            caption_image_ids=self.caption_image_ids[keep_captions],
+            caption_embeddings=self.caption_embeddings[keep_captions],
+            caption_text=self.caption_text[keep_captions],
+            caption_image_index=new_row[self.caption_image_index[keep_captions]].astype(np.int64),
+            **optional,
+        )
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.h5"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_shard(cache_dir: Path, index: int, data: ShardData, dtype: str = "float16") -> dict:
+    """Write shard `index` atomically (temp name, then rename); returns its metadata entry."""
+    final = Path(cache_dir) / shard_name(index)
+    tmp = final.with_name(final.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        images = f.create_group("images")
+        images.create_dataset("ids", data=np.asarray(data.image_ids, dtype=object), dtype=_STR)
+        images.create_dataset("embeddings", data=np.asarray(data.image_embeddings, dtype=dtype))
+        images.create_dataset("paths", data=np.asarray(data.image_paths, dtype=object), dtype=_STR)
+        if data.image_labels is not None:
+            images.create_dataset("labels", data=np.asarray(data.image_labels, dtype=np.int64))
+        if data.image_splits is not None:
+            images.create_dataset("splits", data=np.asarray(data.image_splits, dtype=object), dtype=_STR)
+        if data.image_pixel_sha1 is not None:
+            images.create_dataset(
+                "pixel_sha1", data=np.asarray(data.image_pixel_sha1, dtype=object), dtype=_STR
+            )
+        captions = f.create_group("captions")
+        captions.create_dataset("image_ids", data=np.asarray(data.caption_image_ids, dtype=object), dtype=_STR)
+        captions.create_dataset("embeddings", data=np.asarray(data.caption_embeddings, dtype=dtype))
+        captions.create_dataset("text", data=np.asarray(data.caption_text, dtype=object), dtype=_STR)
+        f.attrs["skipped"] = json.dumps(data.skipped or [])
+    os.replace(tmp, final)
+    return {
+        "index": index,
+        "file": final.name,
+        "num_images": len(data.image_ids),
+        "num_captions": len(data.caption_text),
+        "sha256": sha256_of(final),
+        "skipped": data.skipped or [],
+    }
+
+
+def read_metadata(cache_dir: Path) -> dict:
+    path = Path(cache_dir) / METADATA
+    if not path.is_file():
+        raise BadInput(f"{path}: not an xalign cache (no {METADATA}); build one with `xalign encode`")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise BadInput(f"{path}: not valid JSON ({err})") from err
+    if meta.get("format") != FORMAT:
+        raise BadInput(f"{path}: 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _locked(cache_dir: Path):
+    with open(Path(cache_dir) / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def init_metadata(cache_dir: Path, header: dict) -> dict:
+    """Create `metadata.json` from `header` (dataset, models, shard plan), or check it matches.
+
+    A different dataset, model or shard plan in an existing cache raises `BadInput`: the cache is
+    never mixed.
+    """
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(cache_dir):
+        path = cache_dir / METADATA
+        if path.exists():
+            meta = read_metadata(cache_dir)
+            for key, value in header.items():
+                if meta.get(key) != value:
+                    raise BadInput(
+                        f"{path}: this cache was built with {key}={json.dumps(meta.get(key))}, "
+                        f"not {json.dumps(value)}; use another --out directory"
+                    )
+            return meta
+        meta = {
+            "format": FORMAT,
+            "version": VERSION,
+            **header,
+            "num_images": 0,
+            "num_captions": 0,
+            "shards": [],
+            "skipped": [],
+            "complete": False,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        _write_json_atomic(path, meta)
+        return meta
+
+
+def record_shard(cache_dir: Path, entry: dict) -> dict:
+    """Add a written shard's entry to `metadata.json`; marks the cache complete when all are there."""
+    with _locked(cache_dir):
+        meta = read_metadata(cache_dir)
+        shards = {s["index"]: s for s in meta["shards"]}
+        shards[entry["index"]] = {k: v for k, v in entry.items() if k != "skipped"}
+        meta["shards"] = [shards[i] for i in sorted(shards)]
+        meta["num_images"] = sum(s["num_images"] for s in meta["shards"])
+        meta["num_captions"] = sum(s["num_captions"] for s in meta["shards"])
+        skipped = [s for s in meta["skipped"] if s.get("shard") != entry["index"]]
+        meta["skipped"] = skipped + [{**s, "shard": entry["index"]} for s in entry["skipped"]]
+        meta["complete"] = len(meta["shards"]) == meta["num_shards"]
+        _write_json_atomic(Path(cache_dir) / METADATA, meta)
+        return meta
+
+
+def finished_shards(cache_dir: Path) -> set[int]:
+    """Indices of shards recorded in metadata whose file exists with the recorded size and hash."""
+    cache_dir = Path(cache_dir)
+    if not (cache_dir / METADATA).exists():
+        return set()
+    done = set()
+    for shard in read_metadata(cache_dir)["shards"]:
+        path = cache_dir / shard["file"]
+        if path.is_file() and sha256_of(path) == shard["sha256"]:
+            done.add(shard["index"])
+    return done
+
+
+def _strings(dataset) -> np.ndarray:
+    return np.asarray(dataset.asstr()[()], dtype=object)
+
+
+def load_cache(cache_dir: Path, dtype=np.float32) -> CacheArrays:
+    """Read every shard of a complete cache into contiguous arrays."""
+    cache_dir = Path(cache_dir)
+    meta = read_metadata(cache_dir)
+    if not meta["complete"]:
+        raise BadInput(
+            f"{cache_dir}: cache is incomplete ({len(meta['shards'])} of {meta['num_shards']} shards); "
+            "rerun the same `xalign encode` command to finish it"
+        )
+    parts: dict[str, list] = {}
+    for shard in meta["shards"]:
+        with h5py.File(cache_dir / shard["file"], "r") as f:
+            fields = {
+                "image_ids": _strings(f["images/ids"]),
+                "image_embeddings": f["images/embeddings"][()].astype(dtype),
+                "image_paths": _strings(f["images/paths"]),
+                "caption_image_ids": _strings(f["captions/image_ids"]),
+                "caption_embeddings": f["captions/embeddings"][()].astype(dtype),
+                "caption_text": _strings(f["captions/text"]),
+            }
+            for name, key in (("image_labels", "labels"), ("image_splits", "splits"), ("image_pixel_sha1", "pixel_sha1")):
+                if key in f["images"]:
+                    data = f[f"images/{key}"]
+                    fields[name] = data[()] if key == "labels" else _strings(data)
+        for name, value in fields.items():
+            parts.setdefault(name, []).append(value)
+    arrays = {name: np.concatenate(values) for name, values in parts.items()}
+    row_of = {image_id: row for row, image_id in enumerate(arrays["image_ids"])}
+    if len(row_of) != len(arrays["image_ids"]):
+        raise BadInput(f"{cache_dir}: an image id appears in more than one row")
+    arrays["caption_image_index"] = np.fromiter(
+        (row_of[i] for i in arrays["caption_image_ids"]), dtype=np.int64, count=len(arrays["caption_image_ids"])
+    )
+    return CacheArrays(**arrays)
+
+
+def read_splits(cache_dir: Path) -> dict:
+    path = Path(cache_dir) / SPLITS
+    if not path.is_file():
+        raise BadInput(f"{path}: no splits; run `xalign split {cache_dir}` first")
+    return json.loads(path.read_text())
+
+
+def write_splits(cache_dir: Path, splits: dict) -> None:
+    _write_json_atomic(Path(cache_dir) / SPLITS, splits)

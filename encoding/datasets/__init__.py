@@ -1,0 +1,47 @@
+"""Dataset readers: each turns a dataset's real on-disk format into a list of `ImageRecord`s.
+
+A reader is registered by name (`--dataset KIND`) and called as
+`reader(root: Path, annotations: Path | None, **options) -> list[ImageRecord]`.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from encoding.errors import BadInput
+from encoding.registry import Registry
+
+DATASETS = Registry("dataset")
+
+
+@dataclass
+class ImageRecord:
+    """One image and its captions, as the dataset defines them."""
+
+    image_id: str
+    path: str
+    captions: list[str] = field(default_factory=list)
+    label: int | None = None
+    split: str | None = None  # the dataset's own split, for `xalign split --predefined`
+
+
+def require_dir(path: Path, what: str) -> Path:
+    if not Path(path).is_dir():
+        raise BadInput(f"{path}: {what} not found (expected a directory)")
+    return Path(path)
+
+
+def require_file(path: Path | None, what: str) -> Path:
+    if path is None or not Path(path).is_file():
+        raise BadInput(f"{path}: {what} not found (expected a file)")
+    return Path(path)
+
+
+def read_dataset(kind: str, root: Path, annotations: Path | None = None, **options) -> list[ImageRecord]:
+    """Records of dataset `kind`, sorted by image id so shard contents are deterministic."""
+    reader = DATASETS.get(kind, key="--dataset")
+    records = reader(Path(root), None if annotations is None else Path(annotations), **options)
+    return sorted(records, key=lambda r: r.image_id)
+
+
+# Register the readers.
+from encoding.datasets import demo  # noqa: E402,F401

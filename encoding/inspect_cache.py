@@ -1,0 +1,53 @@
+"""`xalign inspect DIR`: counts, dims, models, splits and skipped items; verifies every shard's sha256."""
+
+import argparse
+import json
+from pathlib import Path
+
+from encoding import cache
+
+
+def summary(cache_dir: Path, meta: dict) -> list[str]:
+    lines = [
+        f"cache       {cache_dir} ({'complete' if meta['complete'] else 'INCOMPLETE'}, format v{meta['version']})",
+        f"dataset     {meta['dataset']['kind']} at {meta['dataset']['root']}",
+        f"images      {meta['num_images']}   captions {meta['num_captions']}   shards {len(meta['shards'])}/{meta['num_shards']}",
+    ]
+    for side in ("image_model", "text_model"):
+        m = meta[side]
+        lines.append(f"{side:<11} {m['spec']}  dim {m['dim']}  {m['dtype']}  weights {m['weights']}")
+    splits_path = Path(cache_dir) / cache.SPLITS
+    if splits_path.is_file():
+        splits = json.loads(splits_path.read_text())
+        counts = "  ".join(f"{k} {len(v)}" for k, v in splits.items() if isinstance(v, list))
+        lines.append(f"splits      {splits['method']} (seed {splits['seed']}): {counts}")
+    else:
+        lines.append("splits      none (run `xalign split`)")
+    lines.append(f"skipped     {len(meta['skipped'])}")
+    lines += [f"  {s['image_id']} {s['path']}: {s['reason']}" for s in meta["skipped"][:20]]
+    return lines
+
+
+def verify_shards(cache_dir: Path, meta: dict) -> list[str]:
+    """Shards whose file is missing or whose sha256 differs from metadata."""
+    bad = []
+    for shard in meta["shards"]:
+        path = Path(cache_dir) / shard["file"]
+        if not path.is_file():
+            bad.append(f"{path}: missing")
+        elif cache.sha256_of(path) != shard["sha256"]:
+            bad.append(f"{path}: sha256 differs from metadata")
+    return bad
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="xalign inspect", description=__doc__)
+    p.add_argument("cache", type=Path)
+    args = p.parse_args(argv)
+    meta = cache.read_metadata(args.cache)
+    print("\n".join(summary(args.cache, meta)))
+    bad = verify_shards(args.cache, meta)
+    for line in bad:
+        print(f"CORRUPT: {line}")
+    print(f"shards      {len(meta['shards']) - len(bad)}/{len(meta['shards'])} verified (sha256)")
+    return 1 if bad else 0

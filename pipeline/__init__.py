@@ -1,0 +1,1 @@
+"""Alignment heads, losses, training, tuning and evaluation on cached embeddings."""

@@ -1,0 +1,51 @@
+"""`xalign <command>`: one entry point; each command is a module with `main(argv) -> int`.
+
+Bad input (`BadInput`) prints `error: ...` and exits with code 2.
+"""
+
+import importlib
+import sys
+
+from encoding.errors import BadInput
+
+COMMANDS = {
+    "demo": ("pipeline.demo", "the main job on the embedded demo: encode, split, train, evaluate, plot"),
+    "encode": ("encoding.encode", "encode a dataset with frozen backbones into a cache"),
+    "inspect": ("encoding.inspect_cache", "summarise a cache and verify its shards"),
+    "split": ("encoding.split", "write or verify leakage-free image-level splits"),
+    "train": ("pipeline.train", "train a head pair from a YAML config"),
+    "evaluate": ("pipeline.evaluate", "retrieval metrics of a run or of a cache"),
+    "tune": ("pipeline.tune", "resumable Optuna sweep"),
+    "backbone-train": ("pipeline.backbone_train", "train an image backbone end to end"),
+    "compare": ("pipeline.compare", "one table of metrics across runs"),
+    "bench": ("pipeline.bench", "throughput against the limit and the naive loop"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    rows = "\n".join(f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items())
+    return f"usage: xalign <command> [options]\n\ncommands:\n{rows}\n\n`xalign <command> --help` for a command's options."
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"error: unknown command '{command}'; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    try:
+        return module.main(rest)
+    except BadInput as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except SystemExit as exit_:  # argparse: --help exits 0, bad flags exit 2
+        return exit_.code if isinstance(exit_.code, int) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Experiment config: YAML → frozen dataclasses, validated once at load.
+
+Unknown keys, wrong types and unknown head/loss names raise `BadInput` naming the key and the
+valid choices. `--set section.key=value` overrides are parsed as YAML scalars (`1e-4`, `true`, `[1, 2]`).
+"""
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from encoding.errors import BadInput
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    cache: str = "pretrain_encoded/demo"
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    type: str = "mlp"
+    output_dim: int = 256
+    hidden_dim: int = 512
+    dropout: float = 0.1
+    num_heads: int = 4
+    num_layers: int = 2
+    learnable_temp: bool = True
+    use_bn: bool = False
+    momentum: float = 0.995
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    type: str = "clip"
+    temperature: float = 0.07
+    alpha: float = 0.4
+    queue_size: int = 4096
+    label_smoothing: float = 0.0
+    hard_negative_beta: float = 0.0
+    mixup_alpha: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    num_epochs: int = 20
+    patience: int = 5
+    warmup_steps: int = 100
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    grad_clip: float = 1.0
+    epoch_sampling: str = "image"  # "image": each image once with one random caption; "caption": every caption
+    compile: bool = False
+    eval_batch_size: int = 4096
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "experiment"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "training.epoch_sampling": ("image", "caption"),
+    "training.precision": ("auto", "fp32", "fp16", "bf16"),
+}
+
+
+def _check_type(value, annotation, key: str):
+    """`value` as `annotation` (ints are accepted for floats), or BadInput naming the key."""
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    expected = annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        expected = typing.get_args(annotation)
+    if annotation is int and isinstance(value, bool) or not isinstance(value, expected):
+        name = getattr(annotation, "__name__", str(annotation))
+        raise BadInput(f"config key '{key}': expected {name}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls, values: dict, prefix: str = ""):
+    if not isinstance(values, dict):
+        raise BadInput(f"config key '{prefix.rstrip('.') or '<root>'}': expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise BadInput(f"unknown config key '{prefix}{unknown[0]}'; valid keys here: {', '.join(names)}")
+    kwargs = {}
+    for name, value in values.items():
+        key, hint = prefix + name, hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value or {}, key + ".")
+        else:
+            kwargs[name] = _check_type(value, hint, key)
+            if key in CHOICES and value not in CHOICES[key]:
+                raise BadInput(f"config key '{key}': '{value}' is not one of {', '.join(CHOICES[key])}")
+    return cls(**kwargs)
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """Apply `section.key=value` strings to a nested dict (a copy)."""
+    values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise BadInput(f"--set '{item}': expected key=value, e.g. training.learning_rate=1e-4")
+        *sections, leaf = key.split(".")
+        node = values
+        for section in sections:
+            node = node.setdefault(section, {})
+            if not isinstance(node, dict):
+                raise BadInput(f"--set '{item}': '{section}' is not a section")
+        node[leaf] = _parse_scalar(raw)
+    return values
+
+
+def _parse_scalar(raw: str):
+    """YAML scalar parsing, plus floats in exponent form without a dot (YAML 1.1 reads `1e-4` as a string)."""
+    value = yaml.safe_load(raw) if raw else ""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _fix_exponent_floats(values):
+    if isinstance(values, dict):
+        return {k: _fix_exponent_floats(v) for k, v in values.items()}
+    return _parse_scalar(values) if isinstance(values, str) and values[:1].isdigit() else values
+
+
+def from_dict(values: dict) -> ExperimentConfig:
+    """Validate a nested dict into an `ExperimentConfig`, registry names included."""
+    from pipeline.heads import HEADS
+    from pipeline.losses import LOSSES
+
+    config = _build(ExperimentConfig, _fix_exponent_floats(values))
+    HEADS.get(config.model.type, key="model.type")
+    LOSSES.get(config.loss.type, key="loss.type")
+    return config
+
+
+def load_config(path: Path, overrides: list[str] = ()) -> ExperimentConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"{path}: config file not found")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise BadInput(f"{path}: not valid YAML ({err})") from err
+    try:
+        return from_dict(apply_overrides(values, list(overrides)))
+    except BadInput as err:
+        raise BadInput(f"{path}: {err}") from err
+
+
+def save_config(config: ExperimentConfig, path: Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

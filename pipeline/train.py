@@ -1,0 +1,89 @@
+"""`xalign train CONFIG [--set key=value ...] [--resume]`: train a head pair on a cache.
+
+Writes `results/<name>/` under the working directory: config.yaml, best.pt, last.pt,
+history.jsonl, training_curves.png, metrics.json (test split) and run_info.json (cost side:
+trainable parameters, wall time, peak memory).
+"""
+
+import argparse
+import json
+import resource
+import shutil
+from pathlib import Path
+
+import torch
+
+from encoding.errors import BadInput
+from pipeline.config import ExperimentConfig, load_config, save_config
+from pipeline.data import load_splits
+from pipeline.engine import Trainer, TrainResult
+from pipeline.evaluate import embed_split, metrics_table
+from pipeline.metrics import retrieval_metrics
+from pipeline.plots import training_curves
+
+RESULTS = Path("results")
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def train(config: ExperimentConfig, out_dir: Path, resume: bool = False) -> tuple[Trainer, TrainResult, dict]:
+    """Train, then evaluate the best checkpoint on the test split; returns (trainer, result, test metrics)."""
+    d = config.data
+    names = list(dict.fromkeys([d.train_split, d.val_split, d.test_split]))
+    splits = load_splits(Path(d.cache), names)
+    trainer = Trainer(config, splits[d.train_split], splits[d.val_split], out_dir)
+    if resume:
+        trainer.resume()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, out_dir / "config.yaml")
+    result = trainer.run()
+    best = torch.load(out_dir / "best.pt", map_location=trainer.device, weights_only=False)
+    trainer.model.load_state_dict(best["model"])
+    test = splits[d.test_split].to(trainer.device)
+    image, text = embed_split(trainer.model, test, config.training.eval_batch_size)
+    metrics = {"split": d.test_split, **retrieval_metrics(image, text, test.caption_image_index)}
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    training_curves(trainer.history, out_dir / "training_curves.png")
+    info = {
+        "trainable_parameters": trainer.trainable_parameters(),
+        "train_seconds": sum(r["seconds"] for r in trainer.history),
+        "epochs": trainer.epoch,
+        "best_epoch": trainer.best_epoch,
+        "peak_memory_mb": peak_memory_mb(trainer.device),
+        "device": str(trainer.device),
+        "precision": trainer.precision,
+    }
+    (out_dir / "run_info.json").write_text(json.dumps(info, indent=2))
+    return trainer, result, metrics
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xalign train", description=__doc__)
+    p.add_argument("config", type=Path)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--resume", action="store_true", help="continue from results/<name>/last.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    config = load_config(args.config, args.overrides)
+    out_dir = RESULTS / config.name
+    has_run = (out_dir / "last.pt").exists()
+    if args.resume and not has_run:
+        raise BadInput(f"{out_dir / 'last.pt'}: nothing to resume")
+    if has_run and not (args.resume or args.overwrite):
+        raise BadInput(f"{out_dir}: a run named '{config.name}' exists; pass --resume to continue it or --overwrite")
+    if args.overwrite and out_dir.exists():
+        shutil.rmtree(out_dir)
+    _, result, metrics = train(config, out_dir, resume=args.resume)
+    print(f"{config.name}: best val rsum {result.best_rsum:.1f} at epoch {result.best_epoch} "
+          f"({result.epochs_run} epochs, {sum(r['seconds'] for r in result.history):.1f}s)")
+    print(metrics_table(metrics))
+    print(f"wrote {out_dir}")
+    return 0
