@@ -103,9 +103,7 @@ def write_shard(cache_dir: Path, index: int, data: ShardData, dtype: str = "floa
         if data.image_splits is not None:
             images.create_dataset("splits", data=np.asarray(data.image_splits, dtype=object), dtype=_STR)
         if data.image_pixel_sha1 is not None:
-            images.create_dataset(
-                "pixel_sha1", data=np.asarray(data.image_pixel_sha1, dtype=object), dtype=_STR
-            )
+            images.create_dataset("pixel_sha1", data=np.asarray(data.image_pixel_sha1, dtype=object), dtype=_STR)
         captions = f.create_group("captions")
         captions.create_dataset("image_ids", data=np.asarray(data.caption_image_ids, dtype=object), dtype=_STR)
         captions.create_dataset("embeddings", data=np.asarray(data.caption_embeddings, dtype=dtype))
@@ -238,7 +236,11 @@ def load_cache(cache_dir: Path, dtype=np.float32) -> CacheArrays:
                 "caption_embeddings": f["captions/embeddings"][()].astype(dtype),
                 "caption_text": _strings(f["captions/text"]),
             }
-            for name, key in (("image_labels", "labels"), ("image_splits", "splits"), ("image_pixel_sha1", "pixel_sha1")):
+            for name, key in (
+                ("image_labels", "labels"),
+                ("image_splits", "splits"),
+                ("image_pixel_sha1", "pixel_sha1"),
+            ):
                 if key in f["images"]:
                     data = f[f"images/{key}"]
                     fields[name] = data[()] if key == "labels" else _strings(data)

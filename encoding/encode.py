@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from encoding import cache
 from encoding.backbones import load_image_backbone, load_text_backbone
-from encoding.datasets import DATASETS, ImageRecord, read_dataset
+from encoding.datasets import DATASETS, ImageRecord, open_image, read_dataset
 from encoding.errors import BadInput
 from encoding.runtime import autocast, library_versions, resolve_device, resolve_precision
 
@@ -35,10 +34,9 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int):
         try:
-            with Image.open(self.records[index].path) as image:
-                image = image.convert("RGB")
-                sha1 = hashlib.sha1(image.tobytes()).hexdigest()
-                return index, self.preprocess(image), sha1, None
+            image = open_image(self.records[index].path)
+            sha1 = hashlib.sha1(image.tobytes()).hexdigest()
+            return index, self.preprocess(image), sha1, None
         except Exception as err:  # any decode failure skips the image, with its reason
             return index, None, None, f"{type(err).__name__}: {err}"
 
@@ -63,7 +61,9 @@ def encode_shard(records, image_model, text_model, args, device, precision, prog
     for indices, pixels, sha1s, failed in loader:
         if pixels is not None:
             with autocast(device, precision):
-                embeddings.append(F.normalize(image_model.encode(pixels.to(device, non_blocking=True)).float(), dim=-1).cpu())
+                embeddings.append(
+                    F.normalize(image_model.encode(pixels.to(device, non_blocking=True)).float(), dim=-1).cpu()
+                )
             kept += indices
             hashes += sha1s
         skipped += [{"image_id": records[i].image_id, "path": records[i].path, "reason": r} for i, r in failed]
@@ -74,7 +74,9 @@ def encode_shard(records, image_model, text_model, args, device, precision, prog
     text_embeddings = []
     for start in range(0, len(texts), args.batch_size):
         with autocast(device, precision):
-            text_embeddings.append(F.normalize(text_model.encode(texts[start : start + args.batch_size]).float(), dim=-1).cpu())
+            text_embeddings.append(
+                F.normalize(text_model.encode(texts[start : start + args.batch_size]).float(), dim=-1).cpu()
+            )
     return cache.ShardData(
         image_ids=[r.image_id for r in images],
         image_embeddings=torch.cat(embeddings).numpy() if embeddings else np.zeros((0, image_model.dim)),
@@ -115,7 +117,11 @@ def _check_request(args) -> None:
         return
     meta = cache.read_metadata(args.out)
     asked = {"image_model": args.image_model, "text_model": args.text_model, "dataset": args.dataset}
-    built = {"image_model": meta["image_model"]["spec"], "text_model": meta["text_model"]["spec"], "dataset": meta["dataset"]["kind"]}
+    built = {
+        "image_model": meta["image_model"]["spec"],
+        "text_model": meta["text_model"]["spec"],
+        "dataset": meta["dataset"]["kind"],
+    }
     for key, value in asked.items():
         if built[key] != value:
             raise BadInput(f"{args.out / cache.METADATA}: cache was built with {key} '{built[key]}', not '{value}'")
@@ -140,9 +146,12 @@ def main(argv=None) -> int:
         print(f"note: {args.image_model} has no pretrained weights here; it is randomly initialised (seed 0)")
     num_shards = -(-len(records) // args.shard_size)
     header = {
-        "dataset": {"kind": args.dataset, "root": str(args.root.resolve()),
-                    "annotations": None if args.annotations is None else str(args.annotations.resolve()),
-                    "limit": args.limit},
+        "dataset": {
+            "kind": args.dataset,
+            "root": str(args.root.resolve()),
+            "annotations": None if args.annotations is None else str(args.annotations.resolve()),
+            "limit": args.limit,
+        },
         "image_model": {**image_model.describe(), "dtype": args.dtype, "normalized": True},
         "text_model": {**text_model.describe(), "dtype": args.dtype, "normalized": True},
         "shard_size": args.shard_size,
@@ -161,6 +170,8 @@ def main(argv=None) -> int:
             meta = cache.record_shard(args.out, cache.write_shard(args.out, index, data, dtype=args.dtype))
     meta = cache.read_metadata(args.out)
     state = "complete" if meta["complete"] else f"{len(meta['shards'])}/{num_shards} shards"
-    print(f"{args.out}: {meta['num_images']} images, {meta['num_captions']} captions, "
-          f"{len(meta['skipped'])} skipped ({state})")
+    print(
+        f"{args.out}: {meta['num_images']} images, {meta['num_captions']} captions, "
+        f"{len(meta['skipped'])} skipped ({state})"
+    )
     return 0

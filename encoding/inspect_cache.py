@@ -11,7 +11,8 @@ def summary(cache_dir: Path, meta: dict) -> list[str]:
     lines = [
         f"cache       {cache_dir} ({'complete' if meta['complete'] else 'INCOMPLETE'}, format v{meta['version']})",
         f"dataset     {meta['dataset']['kind']} at {meta['dataset']['root']}",
-        f"images      {meta['num_images']}   captions {meta['num_captions']}   shards {len(meta['shards'])}/{meta['num_shards']}",
+        f"images      {meta['num_images']}   captions {meta['num_captions']}",
+        f"shards      {len(meta['shards'])} of {meta['num_shards']} written",
     ]
     for side in ("image_model", "text_model"):
         m = meta[side]

@@ -25,7 +25,9 @@ COMMANDS = {
 def usage() -> str:
     width = max(map(len, COMMANDS))
     rows = "\n".join(f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items())
-    return f"usage: xalign <command> [options]\n\ncommands:\n{rows}\n\n`xalign <command> --help` for a command's options."
+    return (
+        f"usage: xalign <command> [options]\n\ncommands:\n{rows}\n\n`xalign <command> --help` for a command's options."
+    )
 
 
 def main(argv=None) -> int:

@@ -40,11 +40,28 @@ def main(argv=None) -> int:
     cache_dir = args.out / "pretrain_encoded" / f"demo-{args.images}"
     run_dir = args.out / "results" / "demo"
     print(f"[1/4] encoding {args.images} demo scenes into {cache_dir}")
-    encode.main([
-        "--dataset", "demo", "--root", str(data / str(args.images)), "--out", str(cache_dir),
-        "--image-model", IMAGE_MODEL, "--image-size", "128", "--text-model", TEXT_MODEL,
-        "--shard-size", "500", "--batch-size", "128", "--num-workers", "2",
-    ])
+    encode.main(
+        [
+            "--dataset",
+            "demo",
+            "--root",
+            str(data / str(args.images)),
+            "--out",
+            str(cache_dir),
+            "--image-model",
+            IMAGE_MODEL,
+            "--image-size",
+            "128",
+            "--text-model",
+            TEXT_MODEL,
+            "--shard-size",
+            "500",
+            "--batch-size",
+            "128",
+            "--num-workers",
+            "2",
+        ]
+    )
     print("[2/4] image-level split")
     split.main([str(cache_dir), "--val", "0.1", "--test", "0.2", "--seed", "0"])
     print(f"[3/4] training heads ({args.config})")

@@ -85,7 +85,9 @@ class Trainer:
         self.model, self.loss = build_model_and_loss(config, *train.dims)
         self.model.to(self.device), self.loss.to(self.device)
         self.forward = torch.compile(self.model) if t.compile else self.model
-        self.optimizer = torch.optim.AdamW(parameter_groups([self.model, self.loss], t.weight_decay), lr=t.learning_rate)
+        self.optimizer = torch.optim.AdamW(
+            parameter_groups([self.model, self.loss], t.weight_decay), lr=t.learning_rate
+        )
         counts = torch.bincount(self.train.caption_image_index, minlength=len(self.train.image))
         self.images_with_captions = torch.nonzero(counts > 0).squeeze(1)
         self.caption_table_offsets = torch.cumsum(counts, 0) - counts
@@ -122,13 +124,17 @@ class Trainer:
             batch = slice(step * t.batch_size, (step + 1) * t.batch_size)
             image_rows = rows[batch]
             with autocast(self.device, self.precision):
-                image_features, text_features = self.forward(self.train.image[image_rows], self.train.text[captions[batch]])
+                image_features, text_features = self.forward(
+                    self.train.image[image_rows], self.train.text[captions[batch]]
+                )
                 loss = self.loss(image_features.float(), text_features.float(), image_rows)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if t.grad_clip > 0:
                 self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], t.grad_clip)
+                torch.nn.utils.clip_grad_norm_(
+                    [p for g in self.optimizer.param_groups for p in g["params"]], t.grad_clip
+                )
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
@@ -144,8 +150,12 @@ class Trainer:
         self.model.eval()
         size = self.config.training.eval_batch_size
         with autocast(self.device, self.precision):
-            image = torch.cat([self.model.encode_image(split.image[i : i + size]).float() for i in range(0, len(split.image), size)])
-            text = torch.cat([self.model.encode_text(split.text[i : i + size]).float() for i in range(0, len(split.text), size)])
+            image = torch.cat(
+                [self.model.encode_image(split.image[i : i + size]).float() for i in range(0, len(split.image), size)]
+            )
+            text = torch.cat(
+                [self.model.encode_text(split.text[i : i + size]).float() for i in range(0, len(split.text), size)]
+            )
         return image, text
 
     def validate(self) -> dict:
@@ -182,23 +192,31 @@ class Trainer:
         return TrainResult(self.best_rsum, self.best_epoch, self.epoch, self.history, time.perf_counter() - start)
 
     def state(self) -> dict:
-        return {"model": self.model.state_dict(), "loss": self.loss.state_dict(), "config": self.config.to_dict(),
-                "dims": list(self.train.dims), "epoch": self.epoch}
+        return {
+            "model": self.model.state_dict(),
+            "loss": self.loss.state_dict(),
+            "config": self.config.to_dict(),
+            "dims": list(self.train.dims),
+            "epoch": self.epoch,
+        }
 
     def save(self, improved: bool) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if improved:
             _save_atomic({**self.state(), "val_rsum": self.best_rsum}, self.out_dir / "best.pt")
-        _save_atomic({
-            **self.state(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
-            "best": (self.best_rsum, self.best_epoch, self.bad_epochs),
-            "history": self.history,
-        }, self.out_dir / "last.pt")
+        _save_atomic(
+            {
+                **self.state(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+                "best": (self.best_rsum, self.best_epoch, self.bad_epochs),
+                "history": self.history,
+            },
+            self.out_dir / "last.pt",
+        )
         lines = "".join(json.dumps(record) + "\n" for record in self.history)
         (self.out_dir / "history.jsonl").write_text(lines)
 

@@ -34,7 +34,9 @@ def load_run(run_dir: Path, checkpoint: str = "best.pt"):
 def embed_split(model, split: SplitTensors, batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, D) image and (M, D) caption embeddings of `split` through the heads."""
     model.eval()
-    image = torch.cat([model.encode_image(split.image[i : i + batch_size]) for i in range(0, len(split.image), batch_size)])
+    image = torch.cat(
+        [model.encode_image(split.image[i : i + batch_size]) for i in range(0, len(split.image), batch_size)]
+    )
     text = torch.cat([model.encode_text(split.text[i : i + batch_size]) for i in range(0, len(split.text), batch_size)])
     return image, text
 
@@ -64,7 +66,9 @@ def metrics_table(metrics: dict, ks=(1, 5, 10), with_chance: bool = False) -> st
     header = "| direction | " + " | ".join(f"R@{k}" for k in ks) + " | median rank |"
     lines = [header, "|" + "---|" * (len(ks) + 2)]
     for name, values, gallery, positives in rows:
-        lines.append(f"| {name} | " + " | ".join(f"{values[f'R@{k}']:.1f}" for k in ks) + f" | {values['median_rank']:.0f} |")
+        lines.append(
+            f"| {name} | " + " | ".join(f"{values[f'R@{k}']:.1f}" for k in ks) + f" | {values['median_rank']:.0f} |"
+        )
         if with_chance:
             chance = [chance_recall(gallery, k, positives) for k in ks]
             lines.append(f"| {name} chance | " + " | ".join(f"{c:.1f}" for c in chance) + f" | {gallery / 2:.0f} |")

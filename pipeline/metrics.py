@@ -46,8 +46,12 @@ def captions_by_image(caption_image_index: torch.Tensor, num_images: int) -> tor
     order = torch.argsort(caption_image_index, stable=True)
     starts = torch.cumsum(counts, 0) - counts
     slot = torch.arange(len(order), device=order.device) - starts[caption_image_index[order]]
-    table = torch.full((num_images, int(counts.max().item()) if len(counts) else 0), -1, dtype=torch.long,
-                       device=caption_image_index.device)
+    table = torch.full(
+        (num_images, int(counts.max().item()) if len(counts) else 0),
+        -1,
+        dtype=torch.long,
+        device=caption_image_index.device,
+    )
     table[caption_image_index[order], slot] = order
     return table
 

@@ -6,8 +6,6 @@ trainable parameters, wall time, peak memory).
 """
 
 import argparse
-import json
-import resource
 import shutil
 from pathlib import Path
 
@@ -17,17 +15,10 @@ from encoding.errors import BadInput
 from pipeline.config import ExperimentConfig, load_config, save_config
 from pipeline.data import load_splits
 from pipeline.engine import Trainer, TrainResult
-from pipeline.evaluate import embed_split, metrics_table
-from pipeline.metrics import retrieval_metrics
-from pipeline.plots import training_curves
+from pipeline.evaluate import metrics_table
+from pipeline.report import report_run
 
 RESULTS = Path("results")
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def train(config: ExperimentConfig, out_dir: Path, resume: bool = False) -> tuple[Trainer, TrainResult, dict]:
@@ -43,21 +34,7 @@ def train(config: ExperimentConfig, out_dir: Path, resume: bool = False) -> tupl
     result = trainer.run()
     best = torch.load(out_dir / "best.pt", map_location=trainer.device, weights_only=False)
     trainer.model.load_state_dict(best["model"])
-    test = splits[d.test_split].to(trainer.device)
-    image, text = embed_split(trainer.model, test, config.training.eval_batch_size)
-    metrics = {"split": d.test_split, **retrieval_metrics(image, text, test.caption_image_index)}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    training_curves(trainer.history, out_dir / "training_curves.png")
-    info = {
-        "trainable_parameters": trainer.trainable_parameters(),
-        "train_seconds": sum(r["seconds"] for r in trainer.history),
-        "epochs": trainer.epoch,
-        "best_epoch": trainer.best_epoch,
-        "peak_memory_mb": peak_memory_mb(trainer.device),
-        "device": str(trainer.device),
-        "precision": trainer.precision,
-    }
-    (out_dir / "run_info.json").write_text(json.dumps(info, indent=2))
+    metrics = report_run(trainer, splits[d.test_split], d.test_split, out_dir)
     return trainer, result, metrics
 
 
@@ -82,8 +59,10 @@ def main(argv=None) -> int:
     if args.overwrite and out_dir.exists():
         shutil.rmtree(out_dir)
     _, result, metrics = train(config, out_dir, resume=args.resume)
-    print(f"{config.name}: best val rsum {result.best_rsum:.1f} at epoch {result.best_epoch} "
-          f"({result.epochs_run} epochs, {sum(r['seconds'] for r in result.history):.1f}s)")
+    print(
+        f"{config.name}: best val rsum {result.best_rsum:.1f} at epoch {result.best_epoch} "
+        f"({result.epochs_run} epochs, {sum(r['seconds'] for r in result.history):.1f}s)"
+    )
     print(metrics_table(metrics))
     print(f"wrote {out_dir}")
     return 0

@@ -27,7 +27,9 @@ def split_spec(spec: str) -> tuple[str, str]:
     if Path(spec).exists():
         return CHECKPOINT_PREFIX, spec
     known = sorted(set(IMAGE_BACKBONES.names() + TEXT_BACKBONES.names()))
-    raise BadInput(f"model spec '{spec}': expected PREFIX:NAME with PREFIX one of {known}, or an existing checkpoint path")
+    raise BadInput(
+        f"model spec '{spec}': expected PREFIX:NAME with PREFIX one of {known}, or an existing checkpoint path"
+    )
 
 
 def load_image_backbone(spec: str, device: torch.device, **options):
@@ -43,8 +45,10 @@ def load_text_backbone(spec: str, device: torch.device, **options):
 def weights_digest(path: Path) -> str:
     """sha256 of a weights file, or of the sorted weight files of a directory (first 16 hex digits)."""
     path = Path(path)
-    files = [path] if path.is_file() else sorted(
-        p for p in path.rglob("*") if p.suffix in {".safetensors", ".bin", ".pt", ".pth", ".ckpt"}
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(p for p in path.rglob("*") if p.suffix in {".safetensors", ".bin", ".pt", ".pth", ".ckpt"})
     )
     digest = hashlib.sha256()
     for file in files:

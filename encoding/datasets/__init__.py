@@ -36,6 +36,21 @@ def require_file(path: Path | None, what: str) -> Path:
     return Path(path)
 
 
+IMAGE_SOURCES: Registry = Registry("image source scheme")
+
+
+def open_image(path: str):
+    """The RGB PIL image at `path`: a file, or `SCHEME://...` for images stored inside dataset files
+    (e.g. CIFAR-100 pickles), decoded by the reader registered for SCHEME in `IMAGE_SOURCES`."""
+    from PIL import Image
+
+    scheme, sep, rest = str(path).partition("://")
+    if sep:
+        return IMAGE_SOURCES.get(scheme, key=f"image path {path}")(rest).convert("RGB")
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
 def read_dataset(kind: str, root: Path, annotations: Path | None = None, **options) -> list[ImageRecord]:
     """Records of dataset `kind`, sorted by image id so shard contents are deterministic."""
     reader = DATASETS.get(kind, key="--dataset")

@@ -74,8 +74,13 @@ def build_demo(root: Path, num_images: int = 1500, seed: int = 0) -> None:
         image_id = f"demo{i:05d}"
         Image.fromarray(canvas.clip(0, 255).astype(np.uint8)).save(root / "images" / f"{image_id}.png")
         words = dict(
-            c1=colour_names[c1], c2=colour_names[c2], d1=int(d1), d2=int(d2),
-            w1=NUMBER_WORDS[d1], w2=NUMBER_WORDS[d2], corner=corner,
+            c1=colour_names[c1],
+            c2=colour_names[c2],
+            d1=int(d1),
+            d2=int(d2),
+            w1=NUMBER_WORDS[d1],
+            w2=NUMBER_WORDS[d2],
+            corner=corner,
         )
         captions = [template.format(**words) for template in TEMPLATES]
         rows.append({"image_id": image_id, "path": f"images/{image_id}.png", "label": int(d1), "captions": captions})

@@ -16,7 +16,12 @@ def mlp(input_dim: int, hidden_dim: int, output_dim: int, num_layers: int, dropo
 
 @HEADS.register("mlp")
 def mlp_heads(
-    image_dim: int, text_dim: int, output_dim: int = 256, hidden_dim: int = 512, num_layers: int = 1, dropout: float = 0.1
+    image_dim: int,
+    text_dim: int,
+    output_dim: int = 256,
+    hidden_dim: int = 512,
+    num_layers: int = 1,
+    dropout: float = 0.1,
 ) -> HeadPair:
     return HeadPair(
         mlp(image_dim, hidden_dim, output_dim, num_layers, dropout),

@@ -1,0 +1,88 @@
+"""Shared fixtures: tiny caches built through the real cache writer, and a real demo cache."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from encoding import cache
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def write_synthetic_cache(
+    cache_dir: Path,
+    num_images: int = 60,
+    captions_per_image=(1, 2, 3),
+    image_dim: int = 12,
+    text_dim: int = 10,
+    shard_size: int = 25,
+    seed: int = 0,
+    labels: bool = True,
+) -> Path:
+    """A complete cache whose captions are noisy linear images of their image's embedding.
+
+    Image i has `captions_per_image[i % len(...)]` captions, so counts vary. Returns `cache_dir`.
+    """
+    rng = np.random.default_rng(seed)
+    images = rng.normal(size=(num_images, image_dim)).astype(np.float32)
+    mix = rng.normal(size=(image_dim, text_dim)).astype(np.float32)
+    counts = [captions_per_image[i % len(captions_per_image)] for i in range(num_images)]
+    num_shards = -(-num_images // shard_size)
+    cache.init_metadata(cache_dir, {
+        "dataset": {"kind": "synthetic", "root": str(cache_dir), "annotations": None, "limit": None},
+        "image_model": {"spec": "synthetic:image", "dim": image_dim, "dtype": "float32", "normalized": False,
+                        "weights": "none"},
+        "text_model": {"spec": "synthetic:text", "dim": text_dim, "dtype": "float32", "normalized": False,
+                       "weights": "none"},
+        "shard_size": shard_size,
+        "num_shards": num_shards,
+        "versions": {},
+    })
+    for s in range(num_shards):
+        rows = range(s * shard_size, min(num_images, (s + 1) * shard_size))
+        ids = [f"img{i:04d}" for i in rows]
+        cap_rows = [i for i in rows for _ in range(counts[i])]
+        text = images[cap_rows] @ mix + 0.3 * rng.normal(size=(len(cap_rows), text_dim)).astype(np.float32)
+        data = cache.ShardData(
+            image_ids=ids,
+            image_embeddings=images[list(rows)],
+            image_paths=[f"/nonexistent/{i}.png" for i in ids],
+            caption_image_ids=[f"img{i:04d}" for i in cap_rows],
+            caption_embeddings=text,
+            caption_text=[f"caption {k} of img{i:04d}" for k, i in enumerate(cap_rows)],
+            image_labels=np.array([i % 5 for i in rows]) if labels else None,
+            image_pixel_sha1=[f"sha{i}" for i in rows],
+        )
+        cache.record_shard(cache_dir, cache.write_shard(cache_dir, s, data, dtype="float32"))
+    return Path(cache_dir)
+
+
+@pytest.fixture
+def synthetic_cache(tmp_path) -> Path:
+    """A 60-image synthetic cache (1-3 captions per image) with a random 40/10/10 split."""
+    from encoding import split
+
+    path = write_synthetic_cache(tmp_path / "cache")
+    assert split.main([str(path), "--val", "10", "--test", "10", "--tuning", "20", "--seed", "0"]) == 0
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory) -> Path:
+    """A real cache of 80 demo scenes: timm ResNet-18 (random init, 32 px) + the real MiniLM, split 56/12/12."""
+    from encoding import encode, split
+
+    root = tmp_path_factory.mktemp("demo")
+    out = root / "cache"
+    argv = ["--dataset", "demo", "--root", str(root / "data"), "--out", str(out), "--image-model", "timm:resnet18",
+            "--image-size", "32", "--text-model", "st:sentence-transformers/all-MiniLM-L6-v2", "--shard-size", "30",
+            "--batch-size", "32", "--num-workers", "0"]
+    from encoding.datasets.demo import build_demo
+
+    build_demo(root / "data", num_images=80)
+    assert encode.main(argv) == 0
+    assert split.main([str(out), "--val", "12", "--test", "12", "--tuning", "20", "--seed", "0"]) == 0
+    return out
