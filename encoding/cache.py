@@ -2,6 +2,7 @@
 
 A shard is written to a temporary name and renamed when complete; `metadata.json` is rewritten
 atomically, under a file lock, after every shard, so a killed run leaves a valid, resumable cache.
+Shard files carry no timestamps, so the same contents give the same bytes (and sha256).
 """
 
 import contextlib
@@ -92,8 +93,8 @@ def sha256_of(path: Path) -> str:
 def write_shard(cache_dir: Path, index: int, data: ShardData, dtype: str = "float16") -> dict:
     """Write shard `index` atomically (temp name, then rename); returns its metadata entry."""
     final = Path(cache_dir) / shard_name(index)
-    tmp = final.with_name(final.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    tmp = final.with_name(final.name + ".tmp")  # a killed run's leftover is overwritten
+    with h5py.File(tmp, "w", track_order=False) as f:
         images = f.create_group("images")
         images.create_dataset("ids", data=np.asarray(data.image_ids, dtype=object), dtype=_STR)
         images.create_dataset("embeddings", data=np.asarray(data.image_embeddings, dtype=dtype))
@@ -149,14 +150,15 @@ def _locked(cache_dir: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def init_metadata(cache_dir: Path, header: dict) -> dict:
+def init_metadata(cache_dir: Path, header: dict, skipped: list[dict] | None = None) -> dict:
     """Create `metadata.json` from `header` (dataset, models, shard plan), or check it matches.
 
     A different dataset, model or shard plan in an existing cache raises `BadInput`: the cache is
-    never mixed.
+    never mixed. `skipped` lists annotation rows the dataset reader rejected (kept with `shard: None`).
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
+    header = json.loads(json.dumps(header))  # compare as stored: tuples become lists
     with _locked(cache_dir):
         path = cache_dir / METADATA
         if path.exists():
@@ -175,7 +177,7 @@ def init_metadata(cache_dir: Path, header: dict) -> dict:
             "num_images": 0,
             "num_captions": 0,
             "shards": [],
-            "skipped": [],
+            "skipped": [{**entry, "shard": None} for entry in skipped or []],
             "complete": False,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }

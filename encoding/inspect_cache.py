@@ -17,6 +17,8 @@ def summary(cache_dir: Path, meta: dict) -> list[str]:
     for side in ("image_model", "text_model"):
         m = meta[side]
         lines.append(f"{side:<11} {m['spec']}  dim {m['dim']}  {m['dtype']}  weights {m['weights']}")
+        if m.get("prefix"):
+            lines.append(f"{'':<11} text prefix {m['prefix']!r}")
     splits_path = Path(cache_dir) / cache.SPLITS
     if splits_path.is_file():
         splits = json.loads(splits_path.read_text())

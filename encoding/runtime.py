@@ -1,7 +1,9 @@
-"""Device, precision and library-version helpers shared by encoding and training."""
+"""Device, precision, torchrun and library-version helpers shared by encoding and training."""
 
 import contextlib
+import datetime
 import importlib.metadata
+import os
 
 import torch
 
@@ -10,10 +12,22 @@ from encoding.errors import BadInput
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' → cuda when present, else cpu; anything else must be a valid, available device."""
+def distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) without it.
+
+    With more than one process a gloo process group is started (used only for a final barrier:
+    ranks share no tensors, each encodes its own shards).
+    """
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(days=3))  # ranks may finish hours apart
+    return rank, world, int(os.environ.get("LOCAL_RANK", 0))
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """'auto' → cuda:local_rank when CUDA is present, else cpu; anything else must be valid and available."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as err:

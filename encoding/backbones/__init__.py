@@ -59,4 +59,4 @@ def weights_digest(path: Path) -> str:
 
 
 # Register the backbones.
-from encoding.backbones import sentence_transformers, timm_models  # noqa: E402,F401
+from encoding.backbones import checkpoint, decoder, hf, open_clip_models, sentence_transformers, timm_models  # noqa: E402,F401

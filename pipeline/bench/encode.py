@@ -1,0 +1,139 @@
+"""`xalign bench encode`: images/s of the full encoding pipeline vs the bare forward pass.
+
+Pipeline: JPEG files → DataLoader workers (decode, the backbone's preprocessing) → forward →
+L2-normalise → HDF5 shard write, exactly as `xalign encode` runs it (image side). Forward: the same
+model on the same images already decoded and preprocessed into batches in memory. Both loops run
+in this process, one after the other, after a warm-up, `--repeats` times alternating; the best
+time of each is kept (least disturbed by other load) and `pipeline_vs_forward` is their ratio.
+"""
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from encoding import cache
+from encoding.backbones import load_image_backbone
+from encoding.datasets import ImageRecord
+from encoding.encode import ImageFiles, collate, image_shards, shard_batches, to_device
+from encoding.runtime import autocast, resolve_device, resolve_precision
+
+
+def write_jpegs(folder: Path, count: int, width: int, height: int) -> list[ImageRecord]:
+    """`count` photo-like JPEGs (smooth colour fields with noise), quality 90."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    records = []
+    for i in range(count):
+        a, b, c = rng.uniform(0.005, 0.05, size=3)
+        base = np.stack([np.sin(a * x + i), np.cos(b * y), np.sin(c * (x + y))], axis=-1) * 100 + 128
+        pixels = (base + rng.normal(0, 12, size=base.shape)).clip(0, 255).astype(np.uint8)
+        path = folder / f"{i:06d}.jpg"
+        Image.fromarray(pixels).save(path, quality=90)
+        records.append(ImageRecord(image_id=f"{i:06d}", path=str(path)))
+    return records
+
+
+class _Progress:
+    def update(self, _count: int) -> None:
+        pass
+
+
+def run_pipeline(records, model, args, device, precision, out: Path) -> float:
+    """Seconds for decode → preprocess → forward → write of every record, in shards of `--shard-size`."""
+    start = time.perf_counter()
+    shards = list(range(-(-len(records) // args.shard_size)))
+    for index, kept, embeddings, hashes, _ in image_shards(
+        records, shards, model, args, device, precision, _Progress()
+    ):
+        data = cache.ShardData(
+            image_ids=[records[i].image_id for i in kept],
+            image_embeddings=embeddings.numpy(),
+            image_paths=[records[i].path for i in kept],
+            caption_image_ids=[],
+            caption_embeddings=np.zeros((0, 1), np.float32),
+            caption_text=[],
+            image_pixel_sha1=hashes,
+        )
+        cache.write_shard(out, index, data)
+    _synchronize(device)
+    return time.perf_counter() - start
+
+
+def run_forward(batches, model, device, precision) -> float:
+    """Seconds for the forward (+ normalise, copy back) over pre-decoded, preprocessed batches."""
+    start = time.perf_counter()
+    for pixels in batches:
+        with autocast(device, precision):
+            features = model.encode(to_device(pixels, device))
+        F.normalize(features.float(), dim=-1).cpu()
+    _synchronize(device)
+    return time.perf_counter() - start
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xalign bench encode", description=__doc__)
+    p.add_argument("--image-model", default="timm:resnet18", help="any `xalign encode` image model spec")
+    p.add_argument("--image-size", type=int, default=64, help="model input size (timm, open_clip); 0 = model's own")
+    p.add_argument("--images", type=int, default=256, help="generated JPEGs to encode")
+    p.add_argument("--repeats", type=int, default=2, help="alternating measurements of each loop; best kept")
+    p.add_argument("--width", type=int, default=320, help="generated JPEG width (height = 3/4 of it)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--shard-size", type=int, default=256)
+    p.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    options = {"image_size": args.image_size} if args.image_size else {}
+    model = load_image_backbone(args.image_model, device, **options)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "images").mkdir()
+        (tmp / "cache").mkdir()
+        records = write_jpegs(tmp / "images", args.images, args.width, args.width * 3 // 4)
+        decoded = ImageFiles(records, model.preprocess)
+        batches = [
+            collate([decoded[i] for i in batch])[1]
+            for batch in shard_batches([0], len(records), len(records), args.batch_size)
+        ]
+        run_forward(batches[:2], model, device, precision)  # warm-up
+        run_pipeline(records[: 2 * args.batch_size], model, args, device, precision, tmp / "cache")  # warm-up
+        pipeline_s, forward_s = float("inf"), float("inf")
+        for _ in range(max(1, args.repeats)):
+            pipeline_s = min(pipeline_s, run_pipeline(records, model, args, device, precision, tmp / "cache"))
+            forward_s = min(forward_s, run_forward(batches, model, device, precision))
+    result = {
+        "pipeline_images_per_s": round(len(records) / pipeline_s, 1),
+        "forward_images_per_s": round(len(records) / forward_s, 1),
+        "pipeline_vs_forward": round(forward_s / pipeline_s, 3),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "precision": precision,
+        "image_model": args.image_model,
+        "image_size": args.image_size or None,
+        "images": len(records),
+        "jpeg_size": [args.width, args.width * 3 // 4],
+        "batch_size": args.batch_size,
+        "repeats": max(1, args.repeats),
+        "num_workers": args.num_workers,
+        "torch_threads": torch.get_num_threads(),
+    }
+    print(json.dumps(result))
+    return 0

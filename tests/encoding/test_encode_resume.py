@@ -1,0 +1,37 @@
+"""Encoding survives `kill -9`: rerunning the same command resumes and gives the uninterrupted cache."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from test_encode_runs import argv, assert_same_cache, folder_dataset
+
+from encoding import cache
+
+
+def _command(*args):
+    return [sys.executable, "-m", "pipeline.cli", "encode", *args]
+
+
+def test_kill_9_then_rerun_gives_the_uninterrupted_cache(tmp_path):
+    root, rows = folder_dataset(tmp_path / "data", 40, corrupt=True)
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        _command(*argv(root, rows, out, shard_size=2)), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 45
+    while time.time() < deadline and process.poll() is None:
+        if (out / cache.METADATA).exists() and cache.read_metadata(out)["shards"]:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    meta = cache.read_metadata(out)
+    assert 1 <= len(meta["shards"]) < meta["num_shards"] and not meta["complete"]
+    subprocess.run(_command(*argv(root, rows, out, shard_size=2)), env=env, check=True, capture_output=True)
+    uninterrupted = tmp_path / "uninterrupted"
+    subprocess.run(_command(*argv(root, rows, uninterrupted, shard_size=2)), env=env, check=True, capture_output=True)
+    assert_same_cache(out, uninterrupted, exact=True)

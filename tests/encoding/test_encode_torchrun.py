@@ -1,0 +1,41 @@
+"""Under torchrun each rank encodes its own shards; the cache equals a single-process run."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+from test_encode_resume import _command
+from test_encode_runs import argv, assert_same_cache, folder_dataset
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_give_the_single_process_cache(tmp_path):
+    dataset = folder_dataset(tmp_path / "data", 10, corrupt=True)
+    reference, out = tmp_path / "single", tmp_path / "ranks"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_command(*argv(*dataset, reference)), env=env, check=True, capture_output=True)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "pipeline.cli",
+        "encode",
+        *argv(*dataset, out),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("10 images, 19 captions, 3 skipped (complete)") == 1  # printed by rank 0 only
+    assert_same_cache(out, reference, exact=True)
