@@ -1,0 +1,86 @@
+"""Images of a cache split, decoded by DataLoader workers, with the split's frozen caption embeddings.
+
+Augmentation draws from a random stream seeded by (seed, epoch, image row), so an epoch's pixels are
+the same whatever the number of workers, and a resumed run sees exactly what an uninterrupted one would.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from encoding.backbones.checkpoint import eval_transform, image_size_hw
+from encoding.datasets import open_image
+from pipeline.backbone.config import AugmentConfig, BackboneModelConfig
+
+
+def train_transform(model: BackboneModelConfig, augment: AugmentConfig):
+    """PIL image → (3, H, W): random resized crop, flip, rotation, colour jitter, then the eval normalisation."""
+    from torchvision import transforms
+
+    height, width = image_size_hw(model.image_size)
+    steps = []
+    if augment.crop_scale < 1:
+        ratio = width / height
+        steps.append(
+            transforms.RandomResizedCrop((height, width), (augment.crop_scale, 1.0), (ratio * 0.9, ratio / 0.9))
+        )
+    else:
+        steps.append(transforms.Resize((height, width), antialias=True))
+    if augment.flip > 0:
+        steps.append(transforms.RandomHorizontalFlip(augment.flip))
+    if augment.rotation > 0:
+        steps.append(transforms.RandomRotation(augment.rotation))
+    if augment.color_jitter > 0:
+        steps.append(transforms.ColorJitter(augment.color_jitter, augment.color_jitter, augment.color_jitter))
+    return transforms.Compose([*steps, *eval_transform(model.image_size, model.mean, model.std).transforms[1:]])
+
+
+class SplitImages(Dataset):
+    """Item `row` → (row, (3, H, W) pixels) of the split's image `row` (cache order)."""
+
+    def __init__(self, paths, transform, seed: int | None = None):
+        self.paths, self.transform, self.seed, self.epoch = list(paths), transform, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, row: int):
+        image = open_image(self.paths[row])
+        if self.seed is None:
+            return row, self.transform(image)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + row)
+            return row, self.transform(image)
+
+
+@dataclass
+class EpochPlan:
+    """One epoch's order: (S,) image rows and (S,) caption rows, S = images with a caption."""
+
+    image_rows: torch.Tensor
+    caption_rows: torch.Tensor
+
+
+def plan_epoch(caption_image_index: torch.Tensor, num_images: int, seed: int, epoch: int) -> EpochPlan:
+    """Every image with a caption once, in a random order, each with one of its captions drawn at random."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    counts = torch.bincount(caption_image_index, minlength=num_images)
+    offsets = torch.cumsum(counts, 0) - counts
+    by_image = torch.argsort(caption_image_index, stable=True)
+    with_captions = torch.nonzero(counts > 0).squeeze(1)
+    rows = with_captions[torch.randperm(len(with_captions), generator=g)]
+    pick = (torch.rand(len(rows), generator=g) * counts[rows]).long()
+    return EpochPlan(rows, by_image[offsets[rows] + pick])
+
+
+def image_loader(dataset: SplitImages, order, batch_size: int, num_workers: int, drop_last: bool, pin: bool):
+    """Batches of (rows (B,), pixels (B, 3, H, W)) in the given row order."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=[int(r) for r in order],
+        num_workers=num_workers,
+        drop_last=drop_last,
+        pin_memory=pin,
+    )
