@@ -1,8 +1,13 @@
-"""Figures written next to a run: training curves (loss, validation R@K, learning rate)."""
+"""Figures written next to a run: training curves, PCA / t-SNE of the shared space, a retrieval gallery.
 
+Every figure has a fixed pixel size (figsize x 100 dpi), so tests can check the PNGs.
+"""
+
+import textwrap
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -22,7 +27,96 @@ def training_curves(history: list[dict], path: Path) -> Path:
     axes[2].set(title="learning rate (end of epoch)", xlabel="epoch")
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    _save(fig, path)
+    return Path(path)
+
+
+PROJECTION_SIZE = (12, 5)  # inches at 100 dpi: 1200 x 500 pixels (two panels), 600 x 500 with one
+TSNE_ITERATIONS = 500  # half the scikit-learn default: a few seconds on 500 points, layout already settled
+GALLERY_CELL = (2.2, 2.4)  # inches per thumbnail: a gallery of Q queries x K images is 220K x 240Q pixels
+
+
+def sample_points(
+    num_images: int, caption_image_index, max_points: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Image rows (n,) and caption rows (m,) of a random sample: images, then their captions, n + m <= max_points."""
+    rng = np.random.default_rng(seed)
+    index = np.asarray(caption_image_index)
+    images = np.sort(rng.permutation(num_images)[: max(1, max_points // 2)])
+    captions = np.flatnonzero(np.isin(index, images))
+    captions = np.sort(rng.permutation(captions)[: max_points - len(images)])
+    return images, captions
+
+
+def _pca(points: np.ndarray, seed: int) -> np.ndarray:
+    from sklearn.decomposition import PCA
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return PCA(n_components=2, random_state=seed).fit_transform(points)
+
+
+def _tsne(points: np.ndarray, seed: int) -> np.ndarray:
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
+
+    perplexity = float(min(30.0, max(1.0, (len(points) - 1) / 3)))
+    tsne = TSNE(n_components=2, init="pca", perplexity=perplexity, max_iter=TSNE_ITERATIONS, random_state=seed)
+    with threadpool_limits(limits=1):  # one thread: fast on <= 500 points, and immune to a busy machine
+        return tsne.fit_transform(points)
+
+
+PROJECTIONS = {"pca": _pca, "tsne": _tsne}  # (P, D) points → (P, 2)
+
+
+def embedding_projection(
+    image_emb, text_emb, image_labels, caption_labels, path: Path, method: str, seed: int = 0
+) -> Path:
+    """2-D PCA or t-SNE of (n, D) images and (m, D) captions: coloured by modality, and by class when labelled."""
+    points = np.concatenate([np.asarray(image_emb), np.asarray(text_emb)]).astype(np.float64)
+    xy = PROJECTIONS[method](points, seed)
+    n = len(image_emb)
+    panels = 1 if image_labels is None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(PROJECTION_SIZE[0] * panels / 2, PROJECTION_SIZE[1]), dpi=100)
+    axes = np.atleast_1d(axes)
+    axes[0].scatter(*xy[n:].T, s=6, alpha=0.5, label=f"captions ({len(xy) - n})")
+    axes[0].scatter(*xy[:n].T, s=10, alpha=0.7, marker="s", label=f"images ({n})")
+    axes[0].set(title=f"{method.upper()} of the shared space, by modality")
+    axes[0].legend()
+    if image_labels is not None:
+        labels = np.concatenate([np.asarray(image_labels), np.asarray(caption_labels)])
+        dots = axes[1].scatter(*xy.T, c=labels, cmap="tab20", s=8, alpha=0.7)
+        axes[1].set(title=f"{method.upper()} by class ({len(np.unique(labels))} classes)")
+        fig.colorbar(dots, ax=axes[1], label="class")
+    _save(fig, path)
+    return Path(path)
+
+
+def retrieval_gallery(queries: list[str], top_rows, top_scores, image_paths, own_rows, path: Path) -> Path:
+    """For each of Q text queries, its top K images (Q, K) with scores; the query's own image framed green."""
+    from PIL import Image
+
+    top_rows, top_scores = np.asarray(top_rows), np.asarray(top_scores)
+    q, k = top_rows.shape
+    fig, axes = plt.subplots(q, k, figsize=(GALLERY_CELL[0] * k, GALLERY_CELL[1] * q), dpi=100, squeeze=False)
+    for i in range(q):
+        for j in range(k):
+            ax, row = axes[i, j], int(top_rows[i, j])
+            with Image.open(image_paths[row]) as image:
+                ax.imshow(image.convert("RGB"))
+            hit = row == int(own_rows[i])
+            ax.set_title(f"#{j + 1}  {top_scores[i, j]:.3f}", fontsize=9, color="green" if hit else "black")
+            ax.set_xticks([]), ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set(color="green" if hit else "lightgrey", linewidth=4 if hit else 1)
+        axes[i, 0].set_ylabel(textwrap.fill(queries[i], 28), fontsize=8, rotation=0, ha="right", va="center")
+    fig.subplots_adjust(left=0.22, right=0.99, top=0.95, bottom=0.02, wspace=0.05, hspace=0.3)
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

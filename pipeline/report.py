@@ -1,15 +1,29 @@
-"""What a finished training run leaves next to its checkpoints: test metrics, figures, cost side."""
+"""What a finished training run leaves next to its checkpoints: test metrics, figures, cost side.
+
+`report_run` writes metrics.json, training_curves.png, pca.png, tsne.png (a sample of at most
+`MAX_POINTS` image and caption embeddings; t-SNE on at most `TSNE_POINTS`), gallery.png (when the
+test images are on disk) and run_info.json: trainable parameters, training wall time, inference
+time per 1,000 text queries, peak memory.
+"""
 
 import json
 import resource
+import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pipeline.data import SplitTensors
 from pipeline.evaluate import embed_split
 from pipeline.metrics import retrieval_metrics
-from pipeline.plots import training_curves
+from pipeline.plots import embedding_projection, retrieval_gallery, sample_points, training_curves
+
+MAX_POINTS = 1000
+TSNE_POINTS = 500
+GALLERY_QUERIES = 4
+GALLERY_TOP = 5
+TIMED_QUERIES = 1000
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -19,21 +33,86 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def inference_ms_per_1000_queries(model, raw_text: torch.Tensor, gallery: torch.Tensor, k: int = 10) -> float:
+    """Milliseconds to embed 1,000 raw (M, D_txt) text queries through the head and take their top K of the
+    (N, D) image gallery (queries repeat when M < 1,000); the best of three runs after a warm-up."""
+    queries = raw_text[torch.arange(TIMED_QUERIES, device=raw_text.device) % len(raw_text)]
+    k = min(k, len(gallery))
+
+    def search():
+        (model.encode_text(queries) @ gallery.T).topk(k, dim=1)
+
+    search()
+    times = []
+    for _ in range(3):
+        _synchronize(gallery.device)
+        start = time.perf_counter()
+        search()
+        _synchronize(gallery.device)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * min(times)
+
+
+def write_projections(test: SplitTensors, image: torch.Tensor, text: torch.Tensor, out_dir: Path) -> list[str]:
+    """pca.png on a sample of at most MAX_POINTS embeddings, tsne.png on at most TSNE_POINTS; the names written."""
+    index = test.caption_image_index.cpu().numpy()
+    labels = None if test.labels is None else test.labels.cpu().numpy()
+    written = []
+    for name, limit in (("pca", MAX_POINTS), ("tsne", TSNE_POINTS)):
+        rows, caps = sample_points(len(image), index, limit)
+        if len(rows) + len(caps) < 5:
+            continue
+        embedding_projection(
+            image[rows].cpu().numpy(),
+            text[caps].cpu().numpy(),
+            None if labels is None else labels[rows],
+            None if labels is None else labels[index[caps]],
+            out_dir / f"{name}.png",
+            name,
+        )
+        written.append(f"{name}.png")
+    return written
+
+
+def write_gallery(test: SplitTensors, image: torch.Tensor, text: torch.Tensor, path: Path) -> bool:
+    """gallery.png: the top-5 images of a few evenly spaced test captions; False when images are not on disk."""
+    if len(test.image_paths) == 0 or not all(Path(p).is_file() for p in test.image_paths):
+        return False
+    queries = np.linspace(0, len(text) - 1, min(GALLERY_QUERIES, len(text))).round().astype(int)
+    scores, rows = (text[queries] @ image.T).topk(min(GALLERY_TOP, len(image)), dim=1)
+    own = test.caption_image_index[queries].cpu().numpy()
+    captions = [str(test.captions[q]) for q in queries]
+    retrieval_gallery(captions, rows.cpu().numpy(), scores.cpu().numpy(), test.image_paths, own, path)
+    return True
+
+
 def report_run(trainer, test: SplitTensors, split_name: str, out_dir: Path) -> dict:
-    """Evaluate the trainer's current (best) heads on `test`; write metrics.json, curves and run_info.json."""
+    """Evaluate the trainer's current (best) heads on `test`; write metrics.json, figures and run_info.json."""
     test = test.to(trainer.device)
     image, text = embed_split(trainer.model, test, trainer.config.training.eval_batch_size)
     metrics = {"split": split_name, **retrieval_metrics(image, text, test.caption_image_index)}
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     training_curves(trainer.history, out_dir / "training_curves.png")
+    figures = ["training_curves.png", *write_projections(test, image, text, out_dir)]
+    if write_gallery(test, image, text, out_dir / "gallery.png"):
+        figures.append("gallery.png")
     info = {
         "trainable_parameters": trainer.trainable_parameters(),
         "train_seconds": sum(r["seconds"] for r in trainer.history),
+        "inference_ms_per_1000_queries": inference_ms_per_1000_queries(trainer.model, test.text, image),
+        "inference_gallery_images": len(image),
         "epochs": trainer.epoch,
         "best_epoch": trainer.best_epoch,
         "peak_memory_mb": peak_memory_mb(trainer.device),
         "device": str(trainer.device),
         "precision": trainer.precision,
+        "figures": figures,
     }
     (out_dir / "run_info.json").write_text(json.dumps(info, indent=2))
     return metrics
