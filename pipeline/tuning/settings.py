@@ -1,0 +1,167 @@
+"""The optuna config YAML → frozen `TuneSettings`, validated once at load.
+
+Keys: `study_name`, `direction` (maximize|minimize), `metric` (rsum, R@1, i2t_R@1, …), `sampler`,
+`pruner`, `n_trials`, `timeout`, `train_split` (default `tuning`), `heartbeat_interval`,
+`grace_period`, `max_retry`, `base_config` (a mapping, or a path relative to the optuna config),
+`search_space` and `conditional`. Every search-space bound and choice is checked against the
+experiment config schema, so a typo fails here with the key named, not hours into a sweep.
+"""
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from encoding.errors import BadInput
+from pipeline.config import ExperimentConfig, apply_overrides, from_dict
+from pipeline.tuning.algorithms import METRICS, PRUNERS, SAMPLERS, build_pruner, build_sampler, normalise_choice
+from pipeline.tuning.space import SearchSpace, parse_space
+
+DIRECTIONS = ("maximize", "minimize")
+DEFAULTS = {
+    "direction": "maximize",
+    "metric": "rsum",
+    "sampler": {"type": "tpe", "seed": 0},
+    "pruner": {"type": "median", "n_startup_trials": 5, "n_warmup_steps": 3},
+    "n_trials": 20,
+    "timeout": None,
+    "train_split": "tuning",
+    "heartbeat_interval": 10,
+    "grace_period": 30,
+    "max_retry": 3,
+    "conditional": {},
+}
+REQUIRED = ("study_name", "base_config", "search_space")
+POSITIVE_INTS = ("n_trials", "heartbeat_interval", "grace_period")
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """One sweep. `base` is the base experiment config as a nested dict (overrides applied)."""
+
+    study_name: str
+    direction: str
+    metric: str
+    sampler: dict
+    pruner: dict
+    n_trials: int
+    timeout: float | None
+    train_split: str
+    heartbeat_interval: int
+    grace_period: int
+    max_retry: int
+    base: dict
+    space: SearchSpace
+    source: str = "<dict>"
+
+    def experiment(self, values: dict) -> ExperimentConfig:
+        """The base config with `values` (config key → value) set, validated."""
+        return from_dict(with_values(self.base, values))
+
+
+def with_values(base: dict, values: dict) -> dict:
+    """A copy of the nested `base` with dotted keys set (`{"model.type": "mlp"}`)."""
+    out = copy.deepcopy(base)
+    for key, value in values.items():
+        *sections, leaf = key.split(".")
+        node = out
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = value
+    return out
+
+
+def load_settings(path: Path, overrides: list[str] = ()) -> TuneSettings:
+    """Read and validate an optuna config; `overrides` (`key=value`) apply to its base experiment config."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"{path}: optuna config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise BadInput(f"{path}: not valid YAML ({err})") from err
+    try:
+        return settings_from_dict(raw, base_dir=path.parent, overrides=overrides, source=str(path))
+    except BadInput as err:
+        raise BadInput(f"{path}: {err}") from err
+
+
+def settings_from_dict(raw: dict, base_dir: Path = Path("."), overrides=(), source: str = "<dict>") -> TuneSettings:
+    if not isinstance(raw, dict):
+        raise BadInput(f"expected a mapping at the top level, got {raw!r}")
+    valid = (*REQUIRED, *DEFAULTS)
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        raise BadInput(f"unknown key '{unknown[0]}'; valid keys: {', '.join(valid)}")
+    missing = [key for key in REQUIRED if key not in raw]
+    if missing:
+        raise BadInput(f"missing key '{missing[0]}'")
+    values = {**copy.deepcopy(DEFAULTS), **raw}
+    _check_scalars(values)
+    base = _base_config(values["base_config"], base_dir, list(overrides))
+    space = parse_space(
+        values["search_space"], values["conditional"], lambda key, value: _check_value(base, key, value)
+    )
+    sampler = normalise_choice(values["sampler"], "sampler", SAMPLERS)
+    pruner = normalise_choice(values["pruner"], "pruner", PRUNERS)
+    build_sampler(sampler, space), build_pruner(pruner)  # options are checked by constructing once
+    return TuneSettings(
+        study_name=values["study_name"],
+        direction=values["direction"],
+        metric=values["metric"],
+        sampler=sampler,
+        pruner=pruner,
+        n_trials=values["n_trials"],
+        timeout=values["timeout"],
+        train_split=values["train_split"],
+        heartbeat_interval=values["heartbeat_interval"],
+        grace_period=values["grace_period"],
+        max_retry=values["max_retry"],
+        base=base,
+        space=space,
+        source=source,
+    )
+
+
+def _check_scalars(values: dict) -> None:
+    name = values["study_name"]
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        raise BadInput(f"study_name: expected a non-empty name usable as a file name, got {name!r}")
+    if values["direction"] not in DIRECTIONS:
+        raise BadInput(f"direction: '{values['direction']}' is not one of {', '.join(DIRECTIONS)}")
+    METRICS.get(values["metric"], key="metric")
+    for key in POSITIVE_INTS:
+        if not isinstance(values[key], int) or isinstance(values[key], bool) or values[key] < 1:
+            raise BadInput(f"{key}: expected a positive integer, got {values[key]!r}")
+    if not isinstance(values["max_retry"], int) or values["max_retry"] < 0:
+        raise BadInput(f"max_retry: expected an integer >= 0, got {values['max_retry']!r}")
+    if values["grace_period"] <= values["heartbeat_interval"]:
+        raise BadInput("grace_period: must be longer than heartbeat_interval")
+    timeout = values["timeout"]
+    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+        raise BadInput(f"timeout: expected a positive number of seconds or null, got {timeout!r}")
+    if not isinstance(values["train_split"], str):
+        raise BadInput(f"train_split: expected a split name, got {values['train_split']!r}")
+
+
+def _base_config(raw, base_dir: Path, overrides: list[str]) -> dict:
+    """The base experiment config as a validated nested dict: inline, or a YAML file next to the optuna config."""
+    if isinstance(raw, str):
+        path = base_dir / raw
+        if not path.is_file():
+            raise BadInput(f"base_config: {path} not found")
+        raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise BadInput(f"base_config: expected a mapping or a path to an experiment YAML, got {raw!r}")
+    base = apply_overrides(raw, overrides)
+    try:
+        return from_dict(base).to_dict()
+    except BadInput as err:
+        raise BadInput(f"base_config: {err}") from err
+
+
+def _check_value(base: dict, key: str, value) -> None:
+    if key.count(".") != 1:
+        raise BadInput(f"'{key}' is not a config key; use section.key, e.g. training.learning_rate")
+    from_dict(with_values(base, {key: value}))

@@ -1,0 +1,121 @@
+"""Study storage: an SQLite file under `results/optuna/` by default, or any Optuna RDB URL (PostgreSQL
+for several machines).
+
+Every storage has a heartbeat, so a trial left RUNNING by a killed process is failed after
+`grace_period` seconds and re-queued by `RetryFailedTrialCallback`. SQLite is opened in WAL mode
+with a long busy timeout and `synchronous=NORMAL`, so several worker processes share one file
+without "database is locked" errors and each per-epoch report costs about a millisecond.
+(Optuna's JournalStorage has no heartbeat, so a killed trial would stay RUNNING forever.)
+"""
+
+import sqlite3
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from optuna.storages import RDBStorage
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+
+from encoding.errors import BadInput
+from pipeline.tuning.settings import TuneSettings
+
+RESULTS = Path("results") / "optuna"
+SQLITE_BUSY_TIMEOUT_S = 600
+
+
+def default_url(study_name: str) -> str:
+    """`sqlite:///results/optuna/<study>.db`, relative to the working directory."""
+    return f"sqlite:///{RESULTS / f'{study_name}.db'}"
+
+
+def artifacts_dir(study_name: str) -> Path:
+    return RESULTS / study_name
+
+
+def open_storage(url: str, settings: TuneSettings) -> RDBStorage:
+    """An RDB storage with heartbeat and retry of stale trials; SQLite tuned for several processes."""
+    try:
+        parsed = make_url(url)
+    except Exception as err:  # sqlalchemy raises ArgumentError for unparsable URLs
+        raise BadInput(f"--storage '{url}': not a database URL ({err})") from err
+    is_sqlite = parsed.get_backend_name() == "sqlite"
+    if is_sqlite:
+        _prepare_sqlite_file(parsed.database)
+    engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} if is_sqlite else {"pool_pre_ping": True}
+    storage = _connect(url, engine_kwargs, settings)
+    if is_sqlite:
+        event.listen(storage.engine, "connect", _sqlite_pragmas)
+        storage.engine.dispose()  # connections opened from now on get the pragmas
+    return storage
+
+
+def _connect(url: str, engine_kwargs: dict, settings: TuneSettings, attempts: int = 3) -> RDBStorage:
+    """`RDBStorage(url)`, retried: processes started together on a new database race to create its tables."""
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():  # heartbeats are marked experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=settings.heartbeat_interval,
+                    grace_period=settings.grace_period,
+                    **retry_callback(settings.max_retry),
+                )
+        except ImportError as err:
+            raise BadInput(f"--storage '{url}': the database driver is not installed ({err})") from err
+        except sqlalchemy.exc.DatabaseError as err:
+            if attempt == attempts - 1:
+                raise BadInput(f"--storage '{url}': cannot open the database ({err.orig})") from err
+            time.sleep(1 + attempt)
+
+
+def retry_callback(max_retry: int) -> dict:
+    """The storage argument that re-queues heartbeat-stale trials: Optuna >= 4.9 names it
+    `heartbeat_stale_trial_callback`; older releases take `failed_trial_callback=RetryFailedTrialCallback`."""
+    storages = optuna.storages
+    if hasattr(storages, "RetryHeartbeatStaleTrialCallback"):
+        return {"heartbeat_stale_trial_callback": storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)}
+    return {"failed_trial_callback": storages.RetryFailedTrialCallback(max_retry=max_retry)}
+
+
+def _prepare_sqlite_file(database: str | None) -> None:
+    """Create the directory and switch the file to WAL (a persistent property of the database file)."""
+    if not database or database == ":memory:":
+        raise BadInput("--storage: an in-memory SQLite database cannot be shared or resumed; give a file path")
+    Path(database).parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(database, timeout=SQLITE_BUSY_TIMEOUT_S) as connection:
+        connection.execute("PRAGMA journal_mode=WAL")
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def create_study(url: str, settings: TuneSettings, sampler=None, pruner=None) -> optuna.Study:
+    """Create the study or load it (`load_if_exists=True`), refusing a stored direction that differs."""
+    study = optuna.create_study(
+        storage=open_storage(url, settings),
+        study_name=settings.study_name,
+        direction=settings.direction,
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=True,
+    )
+    stored = study.direction.name.lower()
+    if stored != settings.direction:
+        raise BadInput(
+            f"direction: study '{settings.study_name}' in {safe_url(url)} was created to {stored}; "
+            f"use another study_name to {settings.direction}"
+        )
+    return study
+
+
+def safe_url(url: str) -> str:
+    """`url` with any password masked, for messages and summaries."""
+    return make_url(url).render_as_string(hide_password=True)

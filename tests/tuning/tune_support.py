@@ -1,0 +1,46 @@
+"""Optuna configs for the tuning tests: tiny heads on a synthetic cache, written to YAML like a user would."""
+
+from pathlib import Path
+
+import yaml
+
+
+def base_config(cache: Path, **training) -> dict:
+    """A small MLP/CLIP experiment on `cache` (CPU, a few epochs)."""
+    return {
+        "name": "tiny",
+        "data": {"cache": str(cache)},
+        "model": {"type": "mlp", "output_dim": 16, "hidden_dim": 32, "num_layers": 1, "dropout": 0.0},
+        "loss": {"type": "clip", "temperature": 0.1},
+        "training": {
+            "batch_size": 8,
+            "learning_rate": 1e-2,
+            "num_epochs": 4,
+            "patience": 10,
+            "warmup_steps": 0,
+            "device": "cpu",
+            **training,
+        },
+    }
+
+
+def write_optuna_config(path: Path, cache: Path, training: dict | None = None, **keys) -> Path:
+    """An optuna config YAML at `path`; `keys` replace top-level entries (study_name, pruner, search_space, ...)."""
+    config = {
+        "study_name": "tiny_study",
+        "direction": "maximize",
+        "metric": "rsum",
+        "sampler": {"type": "random", "seed": 0},
+        "pruner": "none",
+        "n_trials": 4,
+        "heartbeat_interval": 1,
+        "grace_period": 3,
+        "base_config": base_config(cache, **(training or {})),
+        "search_space": {
+            "training.learning_rate": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True},
+            "model.hidden_dim": {"type": "categorical", "choices": [16, 32]},
+        },
+        **keys,
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
