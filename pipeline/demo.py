@@ -63,7 +63,7 @@ def main(argv=None) -> int:
         ]
     )
     print("[2/4] image-level split")
-    split.main([str(cache_dir), "--val", "0.1", "--test", "0.2", "--seed", "0"])
+    split.main([str(cache_dir), "--val", "0.1", "--test", "0.2", "--tuning", "500", "--seed", "0"])
     print(f"[3/4] training heads ({args.config})")
     config = load_config(args.config, [f"data.cache={cache_dir}", *args.overrides])
     if run_dir.exists():

@@ -28,7 +28,7 @@ def _trials(cwd: Path) -> list[optuna.trial.FrozenTrial]:
     url = default_url("tiny_study").replace("sqlite:///", f"sqlite:///{cwd}/")
     try:
         return optuna.load_study(study_name="tiny_study", storage=url).get_trials()
-    except (KeyError, sqlalchemy.exc.OperationalError):  # the sweep is still creating the tables or the study
+    except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # the sweep is still creating the tables or the study
         return []
 
 
