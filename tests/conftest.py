@@ -31,16 +31,29 @@ def write_synthetic_cache(
     mix = rng.normal(size=(image_dim, text_dim)).astype(np.float32)
     counts = [captions_per_image[i % len(captions_per_image)] for i in range(num_images)]
     num_shards = -(-num_images // shard_size)
-    cache.init_metadata(cache_dir, {
-        "dataset": {"kind": "synthetic", "root": str(cache_dir), "annotations": None, "limit": None},
-        "image_model": {"spec": "synthetic:image", "dim": image_dim, "dtype": "float32", "normalized": False,
-                        "weights": "none"},
-        "text_model": {"spec": "synthetic:text", "dim": text_dim, "dtype": "float32", "normalized": False,
-                       "weights": "none"},
-        "shard_size": shard_size,
-        "num_shards": num_shards,
-        "versions": {},
-    })
+    cache.init_metadata(
+        cache_dir,
+        {
+            "dataset": {"kind": "synthetic", "root": str(cache_dir), "annotations": None, "limit": None},
+            "image_model": {
+                "spec": "synthetic:image",
+                "dim": image_dim,
+                "dtype": "float32",
+                "normalized": False,
+                "weights": "none",
+            },
+            "text_model": {
+                "spec": "synthetic:text",
+                "dim": text_dim,
+                "dtype": "float32",
+                "normalized": False,
+                "weights": "none",
+            },
+            "shard_size": shard_size,
+            "num_shards": num_shards,
+            "versions": {},
+        },
+    )
     for s in range(num_shards):
         rows = range(s * shard_size, min(num_images, (s + 1) * shard_size))
         ids = [f"img{i:04d}" for i in rows]
@@ -77,9 +90,26 @@ def demo_cache(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("demo")
     out = root / "cache"
-    argv = ["--dataset", "demo", "--root", str(root / "data"), "--out", str(out), "--image-model", "timm:resnet18",
-            "--image-size", "32", "--text-model", "st:sentence-transformers/all-MiniLM-L6-v2", "--shard-size", "30",
-            "--batch-size", "32", "--num-workers", "0"]
+    argv = [
+        "--dataset",
+        "demo",
+        "--root",
+        str(root / "data"),
+        "--out",
+        str(out),
+        "--image-model",
+        "timm:resnet18",
+        "--image-size",
+        "32",
+        "--text-model",
+        "st:sentence-transformers/all-MiniLM-L6-v2",
+        "--shard-size",
+        "30",
+        "--batch-size",
+        "32",
+        "--num-workers",
+        "0",
+    ]
     from encoding.datasets.demo import build_demo
 
     build_demo(root / "data", num_images=80)

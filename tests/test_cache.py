@@ -5,8 +5,8 @@ import json
 import h5py
 import numpy as np
 import pytest
-
 from conftest import write_synthetic_cache
+
 from encoding import cache, split
 from encoding.errors import BadInput
 from pipeline.data import load_splits

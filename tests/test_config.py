@@ -16,7 +16,9 @@ def write(tmp_path, text: str):
 
 
 def test_yaml_loads_into_frozen_dataclasses(tmp_path):
-    config = load_config(write(tmp_path, "name: x\nmodel:\n  type: mlp\n  output_dim: 64\ntraining:\n  learning_rate: 1e-4\n"))
+    config = load_config(
+        write(tmp_path, "name: x\nmodel:\n  type: mlp\n  output_dim: 64\ntraining:\n  learning_rate: 1e-4\n")
+    )
     assert isinstance(config, ExperimentConfig)
     assert config.model.output_dim == 64
     assert config.training.learning_rate == pytest.approx(1e-4)  # YAML 1.1 would read 1e-4 as a string
