@@ -34,17 +34,19 @@ class ModelConfig:
     learnable_temp: bool = True
     use_bn: bool = False
     momentum: float = 0.995
+    residual: bool = False  # mlp: FuseMix-style residual blocks
+    num_tokens: int = 8  # attention, cross_modal: tokens each vector is split into
 
 
 @dataclass(frozen=True)
 class LossConfig:
     type: str = "clip"
-    temperature: float = 0.07
-    alpha: float = 0.4
-    queue_size: int = 4096
-    label_smoothing: float = 0.0
-    hard_negative_beta: float = 0.0
-    mixup_alpha: float = 0.0
+    temperature: float | None = None  # None: the loss's own initial value (0.07; siglip 0.1, i.e. scale 10)
+    alpha: float = 0.4  # blip: momentum distillation weight
+    queue_size: int = 4096  # blip, infonce_queue: must be a multiple of training.batch_size
+    label_smoothing: float | None = None  # align (None: 0.1)
+    hard_negative_beta: float = 0.0  # every loss: 0 = off
+    mixup_alpha: float = 0.0  # every loss: FuseMix latent mixup Beta(α, α); 0 = off
 
 
 @dataclass(frozen=True)
@@ -80,15 +82,34 @@ CHOICES = {
     "training.epoch_sampling": ("image", "caption"),
     "training.precision": ("auto", "fp32", "fp16", "bf16"),
 }
+NON_NEGATIVE = (
+    "loss.alpha",
+    "loss.label_smoothing",
+    "loss.hard_negative_beta",
+    "loss.mixup_alpha",
+    "training.grad_clip",
+)
+POSITIVE = (
+    "loss.temperature",
+    "loss.queue_size",
+    "model.output_dim",
+    "model.hidden_dim",
+    "model.num_heads",
+    "model.num_tokens",
+    "training.batch_size",
+    "training.learning_rate",
+    "training.eval_batch_size",
+)
 
 
 def _check_type(value, annotation, key: str):
     """`value` as `annotation` (ints are accepted for floats), or BadInput naming the key."""
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
     expected = annotation
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         expected = typing.get_args(annotation)
+    accepts_float = annotation is float or (isinstance(expected, tuple) and float in expected)
+    if accepts_float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
     if annotation is int and isinstance(value, bool) or not isinstance(value, expected):
         name = getattr(annotation, "__name__", str(annotation))
         raise BadInput(f"config key '{key}': expected {name}, got {type(value).__name__} {value!r}")
@@ -112,7 +133,17 @@ def _build(cls, values: dict, prefix: str = ""):
             kwargs[name] = _check_type(value, hint, key)
             if key in CHOICES and value not in CHOICES[key]:
                 raise BadInput(f"config key '{key}': '{value}' is not one of {', '.join(CHOICES[key])}")
+            _check_range(key, kwargs[name])
     return cls(**kwargs)
+
+
+def _check_range(key: str, value) -> None:
+    if value is None or isinstance(value, bool):
+        return
+    if key in POSITIVE and value <= 0:
+        raise BadInput(f"config key '{key}': expected a positive number, got {value!r}")
+    if key in NON_NEGATIVE and value < 0:
+        raise BadInput(f"config key '{key}': expected a number >= 0, got {value!r}")
 
 
 def apply_overrides(values: dict, overrides: list[str]) -> dict:

@@ -1,4 +1,4 @@
-"""Cache splits as contiguous tensors: what the training engine and evaluation read."""
+"""Cache splits as contiguous tensors, and the index permutations the training engine draws batches from."""
 
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -8,6 +8,8 @@ import torch
 
 from encoding import cache
 from encoding.errors import BadInput
+
+GPU_MEMORY_SHARE = 0.5  # a split goes to the GPU when it takes at most this share of the free memory
 
 
 @dataclass
@@ -31,6 +33,49 @@ class SplitTensors:
     @property
     def dims(self) -> tuple[int, int]:
         return self.image.shape[1], self.text.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.image, self.text, self.caption_image_index))
+
+
+def fits_on(split: SplitTensors, device: torch.device) -> bool:
+    """True off CUDA, and on CUDA when the split takes at most GPU_MEMORY_SHARE of the free memory."""
+    return device.type != "cuda" or split.nbytes <= GPU_MEMORY_SHARE * torch.cuda.mem_get_info(device)[0]
+
+
+class EpochSampler:
+    """Each epoch's (image row, caption row) pairs, drawn from a generator seeded by (seed, epoch).
+
+    `image`: every image that has a caption, once, with one of its captions at random.
+    `caption`: every caption once, with its image. Index tensors live on `device`.
+    """
+
+    def __init__(self, caption_image_index: torch.Tensor, num_images: int, sampling: str, seed: int, device):
+        index = caption_image_index.to(device)
+        counts = torch.bincount(index, minlength=num_images)
+        self.sampling, self.seed, self.device = sampling, seed, device
+        self.caption_image_index = index
+        self.images_with_captions = torch.nonzero(counts > 0).squeeze(1)
+        self.counts, self.offsets = counts, torch.cumsum(counts, 0) - counts
+        self.caption_order = torch.argsort(index, stable=True)
+
+    def __len__(self) -> int:
+        return len(self.images_with_captions) if self.sampling == "image" else len(self.caption_image_index)
+
+    def generator(self, epoch: int, stream: int = 0) -> torch.Generator:
+        """A CPU generator for (seed, epoch, stream); stream 0 orders the epoch, others serve augmentations."""
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 8 + stream)
+
+    def order(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(S,) image rows and (S,) caption rows of one epoch."""
+        g = self.generator(epoch)
+        if self.sampling == "caption":
+            captions = torch.randperm(len(self.caption_image_index), generator=g).to(self.device)
+            return self.caption_image_index[captions], captions
+        rows = self.images_with_captions[torch.randperm(len(self.images_with_captions), generator=g).to(self.device)]
+        pick = (torch.rand(len(rows), generator=g).to(self.device) * self.counts[rows]).long()
+        return rows, self.caption_order[self.offsets[rows] + pick]
 
 
 def _tensors(arrays: cache.CacheArrays) -> SplitTensors:

@@ -31,6 +31,10 @@ class HeadPair(nn.Module):
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_image(image), self.encode_text(text)
 
+    def momentum_features(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Features of momentum (EMA) copies of the heads for a training batch; None when the pair has none."""
+        return None
+
 
 def accepted_options(constructor, options: dict) -> dict:
     """The subset of `options` that `constructor` takes as keyword arguments."""
@@ -44,4 +48,4 @@ def build(name: str, image_dim: int, text_dim: int, **options) -> HeadPair:
 
 
 # Register the heads.
-from pipeline.heads import linear, mlp  # noqa: E402,F401
+from pipeline.heads import align, attention, blip, clip, cross_modal, linear, mlp, siglip  # noqa: E402,F401

@@ -1,4 +1,10 @@
-"""MLP heads: LayerNorm → Linear → GELU → Dropout blocks, then a linear projection."""
+"""MLP heads of configurable depth, plain or with FuseMix-style residual blocks.
+
+Plain (`residual: false`): `num_layers` × [LayerNorm → Linear → GELU → Dropout], then a linear
+projection. Residual (`residual: true`, the FuseMix fusion adapter, Vouitsis et al., 2024): a linear
+input projection to `hidden_dim`, `num_layers` pre-norm blocks x + Dropout(Linear(GELU(Linear(LN(x))))),
+then LayerNorm → Linear to `output_dim`. Input (B, D_in) → output (B, output_dim).
+"""
 
 from torch import nn
 
@@ -14,6 +20,27 @@ def mlp(input_dim: int, hidden_dim: int, output_dim: int, num_layers: int, dropo
     return nn.Sequential(*layers, nn.Linear(width, output_dim))
 
 
+class ResidualBlock(nn.Module):
+    """(B, W) → (B, W): x + Dropout(Linear(GELU(Linear(LayerNorm(x)))))."""
+
+    def __init__(self, width: int, dropout: float):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(), nn.Linear(width, width), nn.Dropout(dropout)
+        )
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+def residual_mlp(input_dim: int, hidden_dim: int, output_dim: int, num_layers: int, dropout: float) -> nn.Sequential:
+    """(B, input_dim) → (B, output_dim): projection, `num_layers` residual blocks, LayerNorm, projection."""
+    blocks = [ResidualBlock(hidden_dim, dropout) for _ in range(num_layers)]
+    return nn.Sequential(
+        nn.Linear(input_dim, hidden_dim), *blocks, nn.LayerNorm(hidden_dim), nn.Linear(hidden_dim, output_dim)
+    )
+
+
 @HEADS.register("mlp")
 def mlp_heads(
     image_dim: int,
@@ -22,8 +49,10 @@ def mlp_heads(
     hidden_dim: int = 512,
     num_layers: int = 1,
     dropout: float = 0.1,
+    residual: bool = False,
 ) -> HeadPair:
+    make = residual_mlp if residual else mlp
     return HeadPair(
-        mlp(image_dim, hidden_dim, output_dim, num_layers, dropout),
-        mlp(text_dim, hidden_dim, output_dim, num_layers, dropout),
+        make(image_dim, hidden_dim, output_dim, num_layers, dropout),
+        make(text_dim, hidden_dim, output_dim, num_layers, dropout),
     )
