@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 from encoding.errors import BadInput
-from pipeline.backbone.config import BackboneConfig, load_backbone_config, save_backbone_config
+from pipeline.backbone.config import BackboneConfig, from_dict
 from pipeline.backbone.trainer import BackboneTrainer
+from pipeline.config import load_config, save_config
 from pipeline.data import load_splits
 from pipeline.evaluate import metrics_table
 
@@ -38,7 +39,7 @@ def train(config: BackboneConfig, out_dir: Path, resume: bool = False) -> tuple[
     if resume:
         trainer.resume()
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_backbone_config(config, out_dir / "config.yaml")
+    save_config(config, out_dir / "config.yaml")
     start = time.perf_counter()
     trainer.run()
     seconds = time.perf_counter() - start
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    config = load_backbone_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides, validate=from_dict)
     if args.bench:
         if args.bench_steps < 1:
             raise BadInput("--bench-steps must be >= 1")

@@ -7,12 +7,15 @@ valid choices. `--set section.key=value` overrides are parsed as YAML scalars (`
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from encoding.errors import BadInput
+
+T = typing.TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,7 @@ def _check_type(value, annotation, key: str):
 
 
 def _build(cls, values: dict, prefix: str = ""):
+    """`cls` (a frozen dataclass, nested ones included) from a dict, type- and range-checked."""
     if not isinstance(values, dict):
         raise BadInput(f"config key '{prefix.rstrip('.') or '<root>'}': expected a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
@@ -180,18 +184,24 @@ def _fix_exponent_floats(values):
     return _parse_scalar(values) if isinstance(values, str) and values[:1].isdigit() else values
 
 
+def build_dataclass(cls, values: dict):
+    """Validate a nested dict (YAML values, exponent floats included) into the frozen dataclass `cls`."""
+    return _build(cls, _fix_exponent_floats(values))
+
+
 def from_dict(values: dict) -> ExperimentConfig:
     """Validate a nested dict into an `ExperimentConfig`, registry names included."""
     from pipeline.heads import HEADS
     from pipeline.losses import LOSSES
 
-    config = _build(ExperimentConfig, _fix_exponent_floats(values))
+    config = build_dataclass(ExperimentConfig, values)
     HEADS.get(config.model.type, key="model.type")
     LOSSES.get(config.loss.type, key="loss.type")
     return config
 
 
-def load_config(path: Path, overrides: list[str] = ()) -> ExperimentConfig:
+def load_config(path: Path, overrides: list[str] = (), validate: Callable[[dict], T] = from_dict) -> T:
+    """Read a YAML config, apply `--set` overrides and validate it (`from_dict` by default); errors name the file."""
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"{path}: config file not found")
@@ -200,10 +210,11 @@ def load_config(path: Path, overrides: list[str] = ()) -> ExperimentConfig:
     except yaml.YAMLError as err:
         raise BadInput(f"{path}: not valid YAML ({err})") from err
     try:
-        return from_dict(apply_overrides(values, list(overrides)))
+        return validate(apply_overrides(values, list(overrides)))
     except BadInput as err:
         raise BadInput(f"{path}: {err}") from err
 
 
-def save_config(config: ExperimentConfig, path: Path) -> None:
+def save_config(config, path: Path) -> None:
+    """Write a config dataclass (anything with `to_dict()`) as YAML that `load_config` reads back."""
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

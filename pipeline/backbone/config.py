@@ -7,13 +7,10 @@ Sections: `name`, `data`, `model` (the encoder architecture), `augment`, `loss` 
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
-
-import yaml
 
 from encoding.backbones.checkpoint import POOLINGS, TRUNKS
 from encoding.errors import BadInput
-from pipeline.config import LossConfig, _build, _fix_exponent_floats, apply_overrides
+from pipeline.config import LossConfig, build_dataclass
 from pipeline.losses import LOSSES
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -117,27 +114,9 @@ def _check_ranges(config: BackboneConfig) -> None:
 
 def from_dict(values: dict) -> BackboneConfig:
     """Validate a nested dict into a `BackboneConfig`, registry names included."""
-    config = _build(BackboneConfig, _fix_exponent_floats(values))
+    config = build_dataclass(BackboneConfig, values)
     TRUNKS.get(config.model.library, key="model.library")
     POOLINGS.get(config.model.pooling, key="model.pooling")
     LOSSES.get(config.loss.type, key="loss.type")
     _check_ranges(config)
     return config
-
-
-def load_backbone_config(path: Path, overrides: list[str] = ()) -> BackboneConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise BadInput(f"{path}: config file not found")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise BadInput(f"{path}: not valid YAML ({err})") from err
-    try:
-        return from_dict(apply_overrides(values, list(overrides)))
-    except BadInput as err:
-        raise BadInput(f"{path}: {err}") from err
-
-
-def save_backbone_config(config: BackboneConfig, path: Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
