@@ -29,7 +29,7 @@ def gather_features(local: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def allreduce_sum_hook(process_group, bucket: dist.GradBucket) -> torch.futures.Future:
+def allreduce_sum_hook(process_group, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """DDP communication hook: sum gradient buckets over ranks (DDP's default averages them)."""
     work = dist.all_reduce(bucket.buffer(), group=process_group, async_op=True)
     return work.get_future().then(lambda future: future.value()[0])
