@@ -22,7 +22,10 @@ RESULTS = Path("results")
 
 
 def train(config: ExperimentConfig, out_dir: Path, resume: bool = False) -> tuple[Trainer, TrainResult, dict]:
-    """Train, then evaluate the best checkpoint on the test split; returns (trainer, result, test metrics)."""
+    """Train, then evaluate the best checkpoint on the test split; returns (trainer, result, test metrics).
+
+    Under torchrun only rank 0 reports; other ranks get `None` for the metrics.
+    """
     d = config.data
     names = list(dict.fromkeys([d.train_split, d.val_split, d.test_split]))
     splits = load_splits(Path(d.cache), names)
@@ -32,6 +35,8 @@ def train(config: ExperimentConfig, out_dir: Path, resume: bool = False) -> tupl
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.yaml")
     result = trainer.run()
+    if trainer.rank != 0:  # under torchrun, rank 0 alone writes checkpoints and reports
+        return trainer, result, None
     best = torch.load(out_dir / "best.pt", map_location=trainer.device, weights_only=False)
     trainer.model.load_state_dict(best["model"])
     metrics = report_run(trainer, splits[d.test_split], d.test_split, out_dir)
@@ -59,6 +64,8 @@ def main(argv=None) -> int:
     if args.overwrite and out_dir.exists():
         shutil.rmtree(out_dir)
     _, result, metrics = train(config, out_dir, resume=args.resume)
+    if metrics is None:
+        return 0
     print(
         f"{config.name}: best val rsum {result.best_rsum:.1f} at epoch {result.best_epoch} "
         f"({result.epochs_run} epochs, {sum(r['seconds'] for r in result.history):.1f}s)"
