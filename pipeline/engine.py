@@ -28,6 +28,7 @@ from tqdm import tqdm
 from encoding.errors import BadInput
 from encoding.runtime import autocast, resolve_device, resolve_precision
 from pipeline import heads, losses
+from pipeline.checkpointing import restore_resumable_state, resumable_state, save_atomic
 from pipeline.config import ExperimentConfig
 from pipeline.data import EpochSampler, SplitTensors, fits_on
 from pipeline.losses.gather import allreduce_sum_hook, gather_features
@@ -247,20 +248,8 @@ class Trainer:
     def save(self, improved: bool) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if improved:
-            _save_atomic({**self.state(), "val_rsum": self.best_rsum}, self.out_dir / "best.pt")
-        _save_atomic(
-            {
-                **self.state(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
-                "best": (self.best_rsum, self.best_epoch, self.bad_epochs),
-                "history": self.history,
-            },
-            self.out_dir / "last.pt",
-        )
+            save_atomic({**self.state(), "val_rsum": self.best_rsum}, self.out_dir / "best.pt")
+        save_atomic({**self.state(), **resumable_state(self)}, self.out_dir / "last.pt")
         lines = "".join(json.dumps(record) + "\n" for record in self.history)
         (self.out_dir / "history.jsonl").write_text(lines)
 
@@ -268,18 +257,4 @@ class Trainer:
         """Continue from `out_dir/last.pt`: same weights, optimizer, schedule, queues, RNG and history."""
         state = torch.load(self.out_dir / "last.pt", map_location=self.device, weights_only=False)
         self.model.load_state_dict(state["model"])
-        self.loss.load_state_dict(state["loss"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"].cpu())
-        if state["cuda_rng"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-        self.best_rsum, self.best_epoch, self.bad_epochs = state["best"]
-        self.epoch, self.history = state["epoch"], state["history"]
-
-
-def _save_atomic(payload: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+        restore_resumable_state(self, state)

@@ -21,16 +21,11 @@ from encoding.runtime import autocast, resolve_device, resolve_precision
 from pipeline import losses
 from pipeline.backbone.config import BackboneConfig
 from pipeline.backbone.data import SplitImages, image_loader, plan_epoch, train_transform
+from pipeline.checkpointing import restore_resumable_state, resumable_state, save_atomic
 from pipeline.data import SplitTensors
 from pipeline.engine import NonFiniteLoss, cosine_with_warmup, parameter_groups
 from pipeline.metrics import retrieval_metrics
 from pipeline.plots import training_curves
-
-
-def save_atomic(payload: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
 
 
 class BackboneTrainer:
@@ -202,17 +197,7 @@ class BackboneTrainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if improved:
             save_atomic({**self.encoder_checkpoint(), "val_rsum": self.best_rsum}, self.out_dir / "best.pt")
-        state = {
-            "loss": self.loss.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
-            "best": (self.best_rsum, self.best_epoch, self.bad_epochs),
-            "history": self.history,
-        }
-        save_atomic({**self.encoder_checkpoint(), **state}, self.out_dir / "last.pt")
+        save_atomic({**self.encoder_checkpoint(), **resumable_state(self)}, self.out_dir / "last.pt")
         (self.out_dir / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.history))
         training_curves(self.history, self.out_dir / "training_curves.png")
 
@@ -220,12 +205,4 @@ class BackboneTrainer:
         """Continue from `out_dir/last.pt`: same weights, optimizer, schedule, RNG and history."""
         state = torch.load(self.out_dir / "last.pt", map_location=self.device, weights_only=False)
         self.encoder.load_state_dict(state["encoder"])
-        self.loss.load_state_dict(state["loss"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"].cpu())
-        if state["cuda_rng"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        self.best_rsum, self.best_epoch, self.bad_epochs = state["best"]
-        self.epoch, self.history = state["epoch"], state["history"]
+        restore_resumable_state(self, state)
