@@ -9,7 +9,6 @@ best checkpoint) and run_info.json. `--bench` prints training-step throughput as
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from pipeline.backbone.trainer import BackboneTrainer
 from pipeline.config import load_config, save_config
 from pipeline.data import load_splits
 from pipeline.evaluate import metrics_table
+from pipeline.train import prepare_run_dir
 
 RESULTS = Path("results")
 
@@ -88,14 +88,7 @@ def main(argv=None) -> int:
             raise BadInput("--bench-steps must be >= 1")
         print(json.dumps(bench(config, args.bench_steps)))
         return 0
-    out_dir = RESULTS / config.name
-    has_run = (out_dir / "last.pt").exists()
-    if args.resume and not has_run:
-        raise BadInput(f"{out_dir / 'last.pt'}: nothing to resume")
-    if has_run and not (args.resume or args.overwrite):
-        raise BadInput(f"{out_dir}: a run named '{config.name}' exists; pass --resume to continue it or --overwrite")
-    if args.overwrite and out_dir.exists():
-        shutil.rmtree(out_dir)
+    out_dir = prepare_run_dir(config.name, args.resume, args.overwrite)
     trainer, metrics = train(config, out_dir, resume=args.resume)
     print(
         f"{config.name}: best val rsum {trainer.best_rsum:.1f} at epoch {trainer.best_epoch} ({trainer.epoch} epochs)"

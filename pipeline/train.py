@@ -43,6 +43,19 @@ def train(config: ExperimentConfig, out_dir: Path, resume: bool = False) -> tupl
     return trainer, result, metrics
 
 
+def prepare_run_dir(name: str, resume: bool, overwrite: bool) -> Path:
+    """`results/<name>`, checked against --resume / --overwrite (an existing run is never replaced silently)."""
+    out_dir = RESULTS / name
+    has_run = (out_dir / "last.pt").exists()
+    if resume and not has_run:
+        raise BadInput(f"{out_dir / 'last.pt'}: nothing to resume")
+    if has_run and not (resume or overwrite):
+        raise BadInput(f"{out_dir}: a run named '{name}' exists; pass --resume to continue it or --overwrite")
+    if overwrite and out_dir.exists():
+        shutil.rmtree(out_dir)
+    return out_dir
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xalign train", description=__doc__)
     p.add_argument("config", type=Path)
@@ -55,14 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     config = load_config(args.config, args.overrides)
-    out_dir = RESULTS / config.name
-    has_run = (out_dir / "last.pt").exists()
-    if args.resume and not has_run:
-        raise BadInput(f"{out_dir / 'last.pt'}: nothing to resume")
-    if has_run and not (args.resume or args.overwrite):
-        raise BadInput(f"{out_dir}: a run named '{config.name}' exists; pass --resume to continue it or --overwrite")
-    if args.overwrite and out_dir.exists():
-        shutil.rmtree(out_dir)
+    out_dir = prepare_run_dir(config.name, args.resume, args.overwrite)
     _, result, metrics = train(config, out_dir, resume=args.resume)
     if metrics is None:
         return 0
