@@ -1,4 +1,5 @@
-"""`xalign <command>`: one entry point; each command is a module with `main(argv) -> int`.
+"""`xalign <command>`: one entry point; each command is a module with `main(argv) -> int`
+(`pipeline.commands.*`, `encoding.commands.*`), imported only here.
 
 Bad input (`BadInput`) prints `error: ...` and exits with code 2.
 """
@@ -9,15 +10,15 @@ import sys
 from encoding.errors import BadInput
 
 COMMANDS = {
-    "demo": ("pipeline.demo", "the main job on the embedded demo: encode, split, train, evaluate, plot"),
+    "demo": ("pipeline.commands.demo", "the main job on the embedded demo: encode, split, train, evaluate, plot"),
     "encode": ("encoding.encode", "encode a dataset with frozen backbones into a cache"),
     "inspect": ("encoding.inspect_cache", "summarise a cache and verify its shards"),
     "split": ("encoding.split", "write or verify leakage-free image-level splits"),
-    "train": ("pipeline.train", "train a head pair from a YAML config"),
-    "evaluate": ("pipeline.evaluate", "retrieval metrics of a run or of a cache"),
-    "tune": ("pipeline.tune", "resumable Optuna sweep"),
-    "backbone-train": ("pipeline.backbone_train", "train an image backbone end to end"),
-    "compare": ("pipeline.compare", "one table of metrics across runs"),
+    "train": ("pipeline.commands.train", "train a head pair from a YAML config"),
+    "evaluate": ("pipeline.commands.evaluate", "retrieval metrics of a run or of a cache"),
+    "tune": ("pipeline.commands.tune", "resumable Optuna sweep"),
+    "backbone-train": ("pipeline.commands.backbone_train", "train an image backbone end to end"),
+    "compare": ("pipeline.commands.compare", "one table of metrics across runs"),
     "bench": ("pipeline.bench", "throughput against the limit and the naive loop"),
 }
 

@@ -1,153 +1,120 @@
 """Experiment config: YAML → frozen dataclasses, validated once at load.
 
-Unknown keys, wrong types and unknown head/loss names raise `BadInput` naming the key and the
-valid choices. `--set section.key=value` overrides are parsed as YAML scalars (`1e-4`, `true`, `[1, 2]`).
+Sections: `name`, `data`, `model` (the head's options: keys and defaults come from the head named by
+`model.type`), `loss` (likewise from `loss.type`), `training`. Unknown keys, keys the chosen head or
+loss does not take, wrong types, out-of-range values and unknown names raise `BadInput` naming the key
+(see `pipeline.schema`). `--set section.key=value` overrides are parsed as YAML scalars (`1e-4`,
+`true`, `[1, 2]`). `to_dict()` gives the fully resolved config (every default filled in).
 """
 
 import dataclasses
-import types
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 
 from encoding.errors import BadInput
+from pipeline import heads, losses, schema
+from pipeline.heads import HEADS, HeadOptions
+from pipeline.losses import LOSSES, LossOptions
 
-T = typing.TypeVar("T")
+T = TypeVar("T")
+POLYMORPHIC = {HeadOptions: heads.resolve_head, LossOptions: losses.resolve_loss}
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    cache: str = "pretrain_encoded/demo"
+    cache: str = "pretrain_encoded/demo-1500"
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    type: str = "mlp"
-    output_dim: int = 256
-    hidden_dim: int = 512
-    dropout: float = 0.1
-    num_heads: int = 4
-    num_layers: int = 2
-    learnable_temp: bool = True
-    use_bn: bool = False
-    momentum: float = 0.995
-    residual: bool = False  # mlp: FuseMix-style residual blocks
-    num_tokens: int = 8  # attention, cross_modal: tokens each vector is split into
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    type: str = "clip"
-    temperature: float | None = None  # None: the loss's own initial value (0.07; siglip 0.1, i.e. scale 10)
-    alpha: float = 0.4  # blip: momentum distillation weight
-    queue_size: int = 4096  # blip, infonce_queue: must be a multiple of training.batch_size
-    label_smoothing: float | None = None  # align (None: 0.1)
-    hard_negative_beta: float = 0.0  # every loss: 0 = off
-    mixup_alpha: float = 0.0  # every loss: FuseMix latent mixup Beta(α, α); 0 = off
-
-
-@dataclass(frozen=True)
 class TrainingConfig:
+    """The training loop's settings, the same for head and backbone training."""
+
     batch_size: int = 256
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
     num_epochs: int = 20
-    patience: int = 5
-    warmup_steps: int = 100
+    patience: int = 5  # epochs without a better val rsum before stopping, counted from min_epochs on
+    min_epochs: int = 0  # early stopping never stops before this many epochs
+    warmup_steps: int = 100  # optimizer steps of linear learning-rate warm-up
     seed: int = 0
     device: str = "auto"
-    precision: str = "auto"
-    grad_clip: float = 1.0
+    precision: str = "auto"  # autocast on CUDA (bf16 where supported); evaluation is always fp32
+    grad_clip: float = 1.0  # max gradient norm; 0 = off
+    accumulation_steps: int = 1  # micro-batches per optimizer step
     epoch_sampling: str = "image"  # "image": each image once with one random caption; "caption": every caption
     compile: bool = False
     eval_batch_size: int = 4096
+    tensorboard: bool = False  # also log every epoch to results/<name>/tensorboard
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "experiment"
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    model: HeadOptions = field(default_factory=lambda: heads.options_for(HeadOptions.type, {}))
+    loss: LossOptions = field(default_factory=lambda: losses.options_for(LossOptions.type, {}))
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-CHOICES = {
-    "training.epoch_sampling": ("image", "caption"),
-    "training.precision": ("auto", "fp32", "fp16", "bf16"),
-}
-NON_NEGATIVE = (
-    "loss.alpha",
-    "loss.label_smoothing",
-    "loss.hard_negative_beta",
-    "loss.mixup_alpha",
-    "training.grad_clip",
-)
-POSITIVE = (
-    "loss.temperature",
-    "loss.queue_size",
-    "model.output_dim",
-    "model.hidden_dim",
-    "model.num_heads",
-    "model.num_tokens",
-    "training.batch_size",
-    "training.learning_rate",
-    "training.eval_batch_size",
-)
+def resolve_section(cls, values: dict, key: str) -> type:
+    """`schema.build` hook: `model` and `loss` are the options class of the head or loss they name
+    (the section's default name when `type` is left out)."""
+    for base, resolve in POLYMORPHIC.items():
+        if issubclass(cls, base):
+            return resolve(cls, {"type": base.type, **values}, key)
+    return cls
 
 
-def _check_type(value, annotation, key: str):
-    """`value` as `annotation` (ints are accepted for floats), or BadInput naming the key."""
-    expected = annotation
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        expected = typing.get_args(annotation)
-    accepts_float = annotation is float or (isinstance(expected, tuple) and float in expected)
-    if accepts_float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if annotation is int and isinstance(value, bool) or not isinstance(value, expected):
-        name = getattr(annotation, "__name__", str(annotation))
-        raise BadInput(f"config key '{key}': expected {name}, got {type(value).__name__} {value!r}")
-    return value
+def build_dataclass(cls: type[T], values: dict) -> T:
+    """Validate a nested dict (YAML values, exponent floats included) into the frozen dataclass `cls`."""
+    return schema.build(cls, schema.fix_exponent_floats(values), resolve_class=resolve_section)
 
 
-def _build(cls, values: dict, prefix: str = ""):
-    """`cls` (a frozen dataclass, nested ones included) from a dict, type- and range-checked."""
-    if not isinstance(values, dict):
-        raise BadInput(f"config key '{prefix.rstrip('.') or '<root>'}': expected a mapping, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise BadInput(f"unknown config key '{prefix}{unknown[0]}'; valid keys here: {', '.join(names)}")
-    kwargs = {}
-    for name, value in values.items():
-        key, hint = prefix + name, hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value or {}, key + ".")
-        else:
-            kwargs[name] = _check_type(value, hint, key)
-            if key in CHOICES and value not in CHOICES[key]:
-                raise BadInput(f"config key '{key}': '{value}' is not one of {', '.join(CHOICES[key])}")
-            _check_range(key, kwargs[name])
-    return cls(**kwargs)
+def from_dict(values: dict) -> ExperimentConfig:
+    """Validate a nested dict into an `ExperimentConfig`."""
+    return build_dataclass(ExperimentConfig, values)
 
 
-def _check_range(key: str, value) -> None:
-    if value is None or isinstance(value, bool):
-        return
-    if key in POSITIVE and value <= 0:
-        raise BadInput(f"config key '{key}': expected a positive number, got {value!r}")
-    if key in NON_NEGATIVE and value < 0:
-        raise BadInput(f"config key '{key}': expected a number >= 0, got {value!r}")
+def foreign_options(values: dict) -> dict[str, list[str]]:
+    """{section: keys} of `model`/`loss` keys that the section's chosen head/loss does not take but another
+    registered one does (a tune base config may hold keys for several heads); a key no head or loss takes
+    is BadInput."""
+    out = {}
+    for section, registry, base in (("model", HEADS, HeadOptions), ("loss", LOSSES, LossOptions)):
+        options = values.get(section)
+        if not isinstance(options, dict):
+            continue
+        chosen = options.get("type", base.type)
+        taken = set(schema.option_names(registry.get(chosen, key=f"{section}.type")))
+        anywhere = {key for name in registry.names() for key in schema.option_names(registry.get(name))}
+        unknown = sorted(set(options) - anywhere)
+        if unknown:
+            raise BadInput(
+                f"unknown config key '{section}.{unknown[0]}'; no {registry.kind} takes it "
+                f"(valid keys of {registry.kind} '{chosen}': {', '.join(sorted(taken))})"
+            )
+        out[section] = sorted(set(options) - taken)
+    return out
+
+
+def without_foreign_options(values: dict) -> tuple[dict, list[str]]:
+    """(`values` less the `model`/`loss` keys the chosen head/loss does not take, the dotted keys dropped)."""
+    dropped = foreign_options(values)
+    kept = {
+        k: ({kk: vv for kk, vv in v.items() if kk not in dropped.get(k, ())} if k in dropped else v)
+        for k, v in values.items()
+    }
+    return kept, [f"{section}.{key}" for section, keys in dropped.items() for key in keys]
 
 
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
@@ -163,52 +130,29 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
             node = node.setdefault(section, {})
             if not isinstance(node, dict):
                 raise BadInput(f"--set '{item}': '{section}' is not a section")
-        node[leaf] = _parse_scalar(raw)
+        node[leaf] = schema.parse_scalar(raw)
     return values
 
 
-def _parse_scalar(raw: str):
-    """YAML scalar parsing, plus floats in exponent form without a dot (YAML 1.1 reads `1e-4` as a string)."""
-    value = yaml.safe_load(raw) if raw else ""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _fix_exponent_floats(values):
-    if isinstance(values, dict):
-        return {k: _fix_exponent_floats(v) for k, v in values.items()}
-    return _parse_scalar(values) if isinstance(values, str) and values[:1].isdigit() else values
-
-
-def build_dataclass(cls, values: dict):
-    """Validate a nested dict (YAML values, exponent floats included) into the frozen dataclass `cls`."""
-    return _build(cls, _fix_exponent_floats(values))
-
-
-def from_dict(values: dict) -> ExperimentConfig:
-    """Validate a nested dict into an `ExperimentConfig`, registry names included."""
-    from pipeline.heads import HEADS
-    from pipeline.losses import LOSSES
-
-    config = build_dataclass(ExperimentConfig, values)
-    HEADS.get(config.model.type, key="model.type")
-    LOSSES.get(config.loss.type, key="loss.type")
-    return config
+def read_yaml_mapping(path: Path, what: str = "config") -> dict:
+    """The mapping at the top of a YAML file, or BadInput naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"{path}: {what} file not found")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise BadInput(f"{path}: not valid YAML ({err})") from err
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise BadInput(f"{path}: expected a mapping of config sections at the top level, got {type(values).__name__}")
+    return values
 
 
 def load_config(path: Path, overrides: list[str] = (), validate: Callable[[dict], T] = from_dict) -> T:
     """Read a YAML config, apply `--set` overrides and validate it (`from_dict` by default); errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise BadInput(f"{path}: config file not found")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise BadInput(f"{path}: not valid YAML ({err})") from err
+    values = read_yaml_mapping(path)
     try:
         return validate(apply_overrides(values, list(overrides)))
     except BadInput as err:

@@ -1,9 +1,9 @@
 """What a finished training run leaves next to its checkpoints: test metrics, figures, cost side.
 
-`report_run` writes metrics.json, training_curves.png, pca.png, tsne.png (a sample of at most
-`MAX_POINTS` image and caption embeddings; t-SNE on at most `TSNE_POINTS`), gallery.png (when the
-test images are on disk) and run_info.json: trainable parameters, training wall time, inference
-time per 1,000 text queries, peak memory.
+`report_run` (head and backbone runs alike) writes metrics.json, training_curves.png, pca.png,
+tsne.png (a sample of at most `MAX_POINTS` image and caption embeddings; t-SNE on at most
+`TSNE_POINTS`), gallery.png (when the test images are on disk) and run_info.json: trainable
+parameters, training wall time, inference time per 1,000 text queries, peak memory.
 """
 
 import json
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from encoding.runtime import synchronize
 from pipeline.data import SplitTensors
-from pipeline.evaluate import embed_split
 from pipeline.metrics import retrieval_metrics
 from pipeline.plots import embedding_projection, retrieval_gallery, sample_points, training_curves
 
@@ -33,28 +33,23 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.no_grad()
-def inference_ms_per_1000_queries(model, raw_text: torch.Tensor, gallery: torch.Tensor, k: int = 10) -> float:
-    """Milliseconds to embed 1,000 raw (M, D_txt) text queries through the head and take their top K of the
-    (N, D) image gallery (queries repeat when M < 1,000); the best of three runs after a warm-up."""
+def inference_ms_per_1000_queries(encode_queries, raw_text: torch.Tensor, gallery: torch.Tensor, k: int = 10) -> float:
+    """Milliseconds to embed 1,000 raw (M, D_txt) text queries with `encode_queries` and take their top K of
+    the (N, D) image gallery (queries repeat when M < 1,000); the best of three runs after a warm-up."""
     queries = raw_text[torch.arange(TIMED_QUERIES, device=raw_text.device) % len(raw_text)]
     k = min(k, len(gallery))
 
     def search():
-        (model.encode_text(queries) @ gallery.T).topk(k, dim=1)
+        (encode_queries(queries) @ gallery.T).topk(k, dim=1)
 
     search()
     times = []
     for _ in range(3):
-        _synchronize(gallery.device)
+        synchronize(gallery.device)
         start = time.perf_counter()
         search()
-        _synchronize(gallery.device)
+        synchronize(gallery.device)
         times.append(time.perf_counter() - start)
     return 1000.0 * min(times)
 
@@ -93,9 +88,9 @@ def write_gallery(test: SplitTensors, image: torch.Tensor, text: torch.Tensor, p
 
 
 def report_run(trainer, test: SplitTensors, split_name: str, out_dir: Path) -> dict:
-    """Evaluate the trainer's current (best) heads on `test`; write metrics.json, figures and run_info.json."""
-    test = test.to(trainer.device)
-    image, text = embed_split(trainer.model, test, trainer.config.training.eval_batch_size)
+    """Evaluate the trainer's current (best) weights on `test`; write metrics.json, figures and run_info.json."""
+    image, text = trainer.embed(test)
+    test = test.to(image.device)
     metrics = {"split": split_name, **retrieval_metrics(image, text, test.caption_image_index)}
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     training_curves(trainer.history, out_dir / "training_curves.png")
@@ -105,8 +100,10 @@ def report_run(trainer, test: SplitTensors, split_name: str, out_dir: Path) -> d
     info = {
         "trainable_parameters": trainer.trainable_parameters(),
         "train_seconds": sum(r["seconds"] for r in trainer.history),
-        "inference_ms_per_1000_queries": inference_ms_per_1000_queries(trainer.model, test.text, image),
+        "inference_ms_per_1000_queries": inference_ms_per_1000_queries(trainer.encode_queries, test.text, image),
         "inference_gallery_images": len(image),
+        "train_images": len(trainer.train.image_paths),
+        "train_captions": len(trainer.train.caption_image_index),
         "epochs": trainer.epoch,
         "best_epoch": trainer.best_epoch,
         "peak_memory_mb": peak_memory_mb(trainer.device),

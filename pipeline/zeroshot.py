@@ -1,7 +1,7 @@
 """Zero-shot classification from class-name prompts with template ensembling.
 
 For caches with `images/labels` (CIFAR-100, demo). Each class name is put into every template of a
-set (`configs/zeroshot_templates.yaml`); the prompts are embedded by the cache's own text backbone
+set (`configs/zeroshot/templates.yaml`); the prompts are embedded by the cache's own text backbone
 (from `metadata.json`) or looked up in a second cache that holds them as captions, then passed
 through the run's text head (or used raw for a cache of a shared-space backbone pair). A class's
 embedding is the renormalised mean of its normalised prompt embeddings; an image's prediction is
@@ -21,7 +21,7 @@ import yaml
 from encoding import cache
 from encoding.errors import BadInput
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "configs" / "zeroshot_templates.yaml"
+TEMPLATES = Path(__file__).resolve().parents[1] / "configs" / "zeroshot" / "templates.yaml"
 CLASSES_FILE = "classes.json"
 
 

@@ -29,10 +29,10 @@ def test_yaml_loads_into_frozen_dataclasses(tmp_path):
 def test_overrides_convert_types(tmp_path):
     config = load_config(
         write(tmp_path, "name: x\n"),
-        ["training.learning_rate=3e-4", "model.use_bn=true", "training.num_epochs=7", "name=renamed"],
+        ["training.learning_rate=3e-4", "model.residual=true", "training.num_epochs=7", "name=renamed"],
     )
     assert config.training.learning_rate == pytest.approx(3e-4)
-    assert config.model.use_bn is True
+    assert config.model.residual is True
     assert config.training.num_epochs == 7
     assert config.name == "renamed"
 
@@ -85,7 +85,7 @@ def test_saved_config_round_trips(tmp_path):
 def test_cli_exit_code_2_and_message_on_bad_config(tmp_path, capsys):
     path = write(tmp_path, "model:\n  kind: mlp\n")
     assert cli.main(["train", str(path)]) == 2
-    assert "unknown config key 'model.kind'" in capsys.readouterr().err
+    assert "config key 'model.kind': head 'mlp' does not take it" in capsys.readouterr().err
 
 
 def test_cli_unknown_command_exit_2(capsys):

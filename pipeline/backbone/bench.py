@@ -6,57 +6,37 @@ Three loops, one after another in one process, each after a warm-up step:
 - `pipeline_images_per_s`: real training steps fed by the loader; `pipeline_vs_step` is its ratio to the limit.
 """
 
-import time
-
 import torch
 
-from pipeline.backbone.data import image_loader, plan_epoch
+from encoding.runtime import timed
 from pipeline.backbone.trainer import BackboneTrainer
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(run, device: torch.device) -> float:
-    _synchronize(device)
-    start = time.perf_counter()
-    run()
-    _synchronize(device)
-    return time.perf_counter() - start
-
-
-def _train_step(trainer: BackboneTrainer, rows, pixels, captions) -> None:
-    trainer.batch_loss(pixels, captions, rows).backward()
-    trainer.optimizer_step()
 
 
 def bench_training_step(trainer: BackboneTrainer, steps: int = 10) -> dict:
     """Images per second of the three loops over `steps` batches of `training.batch_size` (warm-up excluded)."""
     t, device = trainer.config.training, trainer.device
-    trainer.encoder.train()
-    plan = plan_epoch(trainer.train.caption_image_index, len(trainer.train.image_paths), t.seed, 0)
-    batch = min(t.batch_size, len(plan.image_rows))
-    order = [plan.image_rows[i % len(plan.image_rows)] for i in range((steps + 1) * batch)]
-    captions = trainer.train.text[plan.caption_rows[:batch]]
+    trainer.model.train()
+    rows, caption_rows = trainer.sampler.order(0)
+    batch = min(t.batch_size, len(rows))
+    order = [rows[i % len(rows)] for i in range((steps + 1) * batch)]
+    captions = trainer.train.text[caption_rows[:batch]]
 
     def loader():
-        return image_loader(trainer.train_images, order, batch, trainer.config.data.num_workers, True, False)
+        return trainer.loader(trainer.train_images, order, batch, True)
 
-    rows, pixels = next(iter(loader()))
-    pixels = pixels.to(device)
-    _train_step(trainer, rows, pixels, captions)  # warm-up
-    step_s = _timed(lambda: [_train_step(trainer, rows, pixels, captions) for _ in range(steps)], device)
+    image_rows, pixels = next(iter(loader()))
+    ready = (pixels.to(device), captions, image_rows)
+    trainer.train_step(ready)  # warm-up
+    step_s = timed(lambda: [trainer.train_step(ready) for _ in range(steps)], device)
 
     def timed_batches(per_batch) -> float:
         """Seconds for the loader's batches after the first (which includes the workers' start-up)."""
         batches = iter(loader())
         next(batches)
-        return _timed(lambda: [per_batch(*b) for b in batches], device)
+        return timed(lambda: [per_batch(r, p) for r, p in batches], device)
 
     loader_s = timed_batches(lambda r, p: None)
-    pipeline_s = timed_batches(lambda r, p: _train_step(trainer, r, p, captions))
+    pipeline_s = timed_batches(lambda r, p: trainer.train_step((p, captions, r)))
     images = steps * batch
     return {
         "step_images_per_s": images / step_s,

@@ -4,8 +4,6 @@ Augmentation draws from a random stream seeded by (seed, epoch, image row), so a
 the same whatever the number of workers, and a resumed run sees exactly what an uninterrupted one would.
 """
 
-from dataclasses import dataclass
-
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -52,26 +50,6 @@ class SplitImages(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + row)
             return row, self.transform(image)
-
-
-@dataclass
-class EpochPlan:
-    """One epoch's order: (S,) image rows and (S,) caption rows, S = images with a caption."""
-
-    image_rows: torch.Tensor
-    caption_rows: torch.Tensor
-
-
-def plan_epoch(caption_image_index: torch.Tensor, num_images: int, seed: int, epoch: int) -> EpochPlan:
-    """Every image with a caption once, in a random order, each with one of its captions drawn at random."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    counts = torch.bincount(caption_image_index, minlength=num_images)
-    offsets = torch.cumsum(counts, 0) - counts
-    by_image = torch.argsort(caption_image_index, stable=True)
-    with_captions = torch.nonzero(counts > 0).squeeze(1)
-    rows = with_captions[torch.randperm(len(with_captions), generator=g)]
-    pick = (torch.rand(len(rows), generator=g) * counts[rows]).long()
-    return EpochPlan(rows, by_image[offsets[rows] + pick])
 
 
 def image_loader(dataset: SplitImages, order, batch_size: int, num_workers: int, drop_last: bool, pin: bool):

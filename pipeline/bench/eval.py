@@ -14,12 +14,11 @@ import json
 import resource
 import subprocess
 import sys
-import time
 
 import torch
 
 from encoding.errors import BadInput
-from encoding.runtime import resolve_device
+from encoding.runtime import resolve_device, timed
 from pipeline import metrics
 
 DEFAULT_SIZES = ((5_000, 25_000), (25_000, 125_000))
@@ -30,25 +29,12 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def tiled_matmul(image: torch.Tensor, text: torch.Tensor, buffer: torch.Tensor, rows: int, cols: int) -> None:
     """Every (N, M) score once, on the same tiles as the chunked metrics, into one reused flat buffer."""
     for r in range(0, len(image), rows):
         for c in range(0, len(text), cols):
             block, captions = image[r : r + rows], text[c : c + cols]
             torch.matmul(block, captions.T, out=buffer[: len(block) * len(captions)].view(len(block), len(captions)))
-
-
-def timed(fn, device: torch.device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
 
 
 def measure(num_images: int, num_captions: int, dim: int, device: torch.device, repeats: int) -> dict:

@@ -1,23 +1,23 @@
 """`xalign bench train`: the engine's epoch loop against the limit and the naive DataLoader loop.
 
 Three loops in one process over the same synthetic in-memory cache and the same head pair, each
-after a warm-up: the engine (`Trainer.train_epoch`: index permutation, batch gather, step), the
-limit (`Trainer.train_step` on one batch prepared beforehand), and the naive loop (a per-sample
+after a warm-up: the engine (`HeadTrainer.train_epoch`: index permutation, batch gather, step), the
+limit (`HeadTrainer.train_step` on one batch prepared beforehand), and the naive loop (a per-sample
 Dataset behind a shuffled DataLoader, collated each step). Prints one JSON object last.
 """
 
 import argparse
 import json
-import time
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from encoding.errors import BadInput
+from encoding.runtime import timed
 from pipeline.config import from_dict
 from pipeline.data import SplitTensors
-from pipeline.engine import Trainer
+from pipeline.training.heads import HeadTrainer
 
 
 class CaptionPairs(Dataset):
@@ -50,13 +50,7 @@ def synthetic_split(images: int, captions: int, image_dim: int, text_dim: int, s
 
 def _timed(run, steps: int, batch: int, device: torch.device) -> float:
     """Pairs per second of `run(steps)`."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    run(steps)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return steps * batch / (time.perf_counter() - start)
+    return steps * batch / timed(lambda: run(steps), device)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,18 +87,19 @@ def main(argv=None) -> int:
             },
         }
     )
-    trainer = Trainer(config, split, split)
+    trainer = HeadTrainer(config, split, split)
+    trainer.log_epochs = False
     device, batch = trainer.device, trainer.batch_size
 
     def engine(steps: int) -> None:
-        trainer.train_epoch(0, max_steps=steps)
+        trainer.train_epoch(0, max_batches=steps)
 
     rows, captions = trainer.epoch_order(1)
-    ready = trainer.batch_inputs(rows[:batch], captions[:batch])
+    ready = (*trainer.batch_inputs(rows[:batch], captions[:batch]), None)
 
     def limit(steps: int) -> None:
         for _ in range(steps):
-            trainer.train_step(*ready)
+            trainer.train_step(ready)
 
     loader = DataLoader(CaptionPairs(split), batch_size=batch, shuffle=True, drop_last=True)
 
@@ -112,7 +107,7 @@ def main(argv=None) -> int:
         for step, (image, text, ids) in enumerate(loader):
             if step == steps:
                 break
-            trainer.train_step(image.to(device), text.to(device), ids.to(device))
+            trainer.train_step((image.to(device), text.to(device), ids.to(device), None))
 
     trainer.model.train()
     figures = {}

@@ -1,18 +1,30 @@
 """Projection-head pairs: an image head and a text head mapping cache dims to a shared space.
 
-`build(name, image_dim, text_dim, **options)` → a `HeadPair`; options a head does not use are
-ignored, so one config section serves every head.
+Each head lives in its own file: a frozen options dataclass (its keys under `model:` and their
+defaults, the one place they are defined) and a builder registered by name,
+`builder(image_dim, text_dim, options) -> HeadPair`. `build(name, image_dim, text_dim, **options)`
+validates the options against the head's dataclass: a key the head does not take is `BadInput`
+naming the key, the head and the keys it takes.
 """
 
-import inspect
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from encoding.registry import Registry
+from pipeline import schema
 
 HEADS = Registry("head")
+
+
+@dataclass(frozen=True)
+class HeadOptions:
+    """Keys every head section has: the head's name, and whether the loss learns its temperature."""
+
+    type: str = "mlp"  # build options through `options_for`, which sets the type
+    learnable_temp: bool = True
 
 
 class HeadPair(nn.Module):
@@ -35,16 +47,36 @@ class HeadPair(nn.Module):
         """Features of momentum (EMA) copies of the heads for a training batch; None when the pair has none."""
         return None
 
+    @torch.no_grad()
+    def embed(self, image: torch.Tensor, text: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, D) image and (M, D) caption embeddings of raw (N, D_img) and (M, D_txt) inputs, in fp32 and eval
+        mode, `batch_size` rows at a time (inputs may live on another device than the heads)."""
+        self.eval()
+        device = next(self.parameters()).device
 
-def accepted_options(constructor, options: dict) -> dict:
-    """The subset of `options` that `constructor` takes as keyword arguments."""
-    parameters = inspect.signature(constructor).parameters
-    return {k: v for k, v in options.items() if k in parameters}
+        def run(encode, x: torch.Tensor) -> torch.Tensor:
+            parts = [encode(x[i : i + batch_size].to(device).float()) for i in range(0, len(x), batch_size)]
+            return torch.cat(parts) if parts else x.new_zeros(0, 0, device=device)
+
+        return run(self.encode_image, image), run(self.encode_text, text)
+
+
+resolve_head = schema.registered_options(HEADS)
+
+
+def options_for(name: str, options: dict, section: str = "model") -> HeadOptions:
+    """The head's options dataclass built from `options` (type- and range-checked; foreign keys refused)."""
+    return schema.build(HeadOptions, {**options, "type": name}, f"{section}.", resolve_head)
 
 
 def build(name: str, image_dim: int, text_dim: int, **options) -> HeadPair:
-    constructor = HEADS.get(name, key="model.type")
-    return constructor(image_dim, text_dim, **accepted_options(constructor, options))
+    """The head pair `name` for inputs of `image_dim` and `text_dim` (options as in the `model:` section)."""
+    return HEADS.get(name, key="model.type")(image_dim, text_dim, options_for(name, options))
+
+
+def build_from(options: HeadOptions, image_dim: int, text_dim: int) -> HeadPair:
+    """The head pair a validated options dataclass describes."""
+    return HEADS.get(options.type, key="model.type")(image_dim, text_dim, options)
 
 
 # Register the heads.

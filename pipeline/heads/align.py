@@ -6,9 +6,19 @@ evaluation; under DDP each rank normalises with its own share of the batch.
 Input (B, D_in) → output (B, output_dim).
 """
 
+from dataclasses import dataclass
+
 from torch import nn
 
-from pipeline.heads import HEADS, HeadPair
+from pipeline.heads import HEADS, HeadOptions, HeadPair
+
+
+@dataclass(frozen=True)
+class AlignOptions(HeadOptions):
+    output_dim: int = 256
+    hidden_dim: int = 2048
+    dropout: float = 0.1
+    use_bn: bool = True
 
 
 def align_head(input_dim: int, hidden_dim: int, output_dim: int, dropout: float, use_bn: bool) -> nn.Sequential:
@@ -19,15 +29,9 @@ def align_head(input_dim: int, hidden_dim: int, output_dim: int, dropout: float,
 
 
 @HEADS.register("align")
-def align_heads(
-    image_dim: int,
-    text_dim: int,
-    output_dim: int = 256,
-    hidden_dim: int = 2048,
-    dropout: float = 0.1,
-    use_bn: bool = True,
-) -> HeadPair:
+def align_heads(image_dim: int, text_dim: int, options: AlignOptions) -> HeadPair:
+    o = options
     return HeadPair(
-        align_head(image_dim, hidden_dim, output_dim, dropout, use_bn),
-        align_head(text_dim, hidden_dim, output_dim, dropout, use_bn),
+        align_head(image_dim, o.hidden_dim, o.output_dim, o.dropout, o.use_bn),
+        align_head(text_dim, o.hidden_dim, o.output_dim, o.dropout, o.use_bn),
     )

@@ -8,11 +8,23 @@ the projection (residual) and mapped by LayerNorm → Linear to `output_dim`. It
 other items, so images and captions are still embedded independently (as retrieval requires).
 """
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from encoding.errors import BadInput
-from pipeline.heads import HEADS, HeadPair
+from pipeline.heads import HEADS, HeadOptions, HeadPair
+
+
+@dataclass(frozen=True)
+class AttentionOptions(HeadOptions):
+    output_dim: int = 256
+    hidden_dim: int = 512
+    num_heads: int = 4
+    num_layers: int = 2
+    num_tokens: int = 8  # tokens each vector is split into (hidden_dim / num_tokens wide)
+    dropout: float = 0.1
 
 
 def token_width(hidden_dim: int, num_tokens: int, num_heads: int) -> int:
@@ -55,20 +67,12 @@ def self_attention_stack(width: int, num_heads: int, num_layers: int, dropout: f
 
 
 @HEADS.register("attention")
-def attention_heads(
-    image_dim: int,
-    text_dim: int,
-    output_dim: int = 256,
-    hidden_dim: int = 512,
-    num_heads: int = 4,
-    num_layers: int = 2,
-    num_tokens: int = 8,
-    dropout: float = 0.1,
-) -> HeadPair:
-    width = token_width(hidden_dim, num_tokens, num_heads)
+def attention_heads(image_dim: int, text_dim: int, options: AttentionOptions) -> HeadPair:
+    o = options
+    width = token_width(o.hidden_dim, o.num_tokens, o.num_heads)
 
     def head(input_dim: int) -> TokenRefiner:
-        layers = self_attention_stack(width, num_heads, num_layers, dropout)
-        return TokenRefiner(input_dim, hidden_dim, output_dim, num_tokens, layers)
+        layers = self_attention_stack(width, o.num_heads, o.num_layers, o.dropout)
+        return TokenRefiner(input_dim, o.hidden_dim, o.output_dim, o.num_tokens, layers)
 
     return HeadPair(head(image_dim), head(text_dim))

@@ -1,6 +1,6 @@
 """BLIP/ALBEF-style heads with momentum copies (Li et al., 2021; 2022).
 
-The online heads are MLP heads (LayerNorm → Linear → GELU → Dropout → Linear). Each has an
+The online heads are the `mlp` heads (same options, plus `momentum`). Each has an
 exponential-moving-average copy, θ_m ← m θ_m + (1 − m) θ with m = `momentum` (0.995), which
 `momentum_features` updates and runs for every training batch; the `blip` loss uses those features
 as its distillation targets and queued keys. The copies are frozen parameters (saved in the
@@ -8,12 +8,18 @@ checkpoint, never optimised); evaluation uses the online heads. Input (B, D_in) 
 """
 
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from pipeline.heads import HEADS, HeadPair
-from pipeline.heads.mlp import mlp
+from pipeline.heads.mlp import MLPOptions, mlp_heads
+
+
+@dataclass(frozen=True)
+class BlipOptions(MLPOptions):
+    momentum: float = 0.995  # EMA decay of the momentum copies
 
 
 class MomentumHeadPair(HeadPair):
@@ -45,17 +51,6 @@ class MomentumHeadPair(HeadPair):
 
 
 @HEADS.register("blip")
-def blip_heads(
-    image_dim: int,
-    text_dim: int,
-    output_dim: int = 256,
-    hidden_dim: int = 512,
-    num_layers: int = 1,
-    dropout: float = 0.1,
-    momentum: float = 0.995,
-) -> MomentumHeadPair:
-    return MomentumHeadPair(
-        mlp(image_dim, hidden_dim, output_dim, num_layers, dropout),
-        mlp(text_dim, hidden_dim, output_dim, num_layers, dropout),
-        momentum,
-    )
+def blip_heads(image_dim: int, text_dim: int, options: BlipOptions) -> MomentumHeadPair:
+    online = mlp_heads(image_dim, text_dim, options)
+    return MomentumHeadPair(online.image_head, online.text_head, options.momentum)

@@ -6,9 +6,18 @@ towers trained for another space. The temperature lives in the `clip` loss (`mod
 Input (B, D_in) → output (B, output_dim).
 """
 
+from dataclasses import dataclass
+
 from torch import nn
 
-from pipeline.heads import HEADS, HeadPair
+from pipeline.heads import HEADS, HeadOptions, HeadPair
+
+
+@dataclass(frozen=True)
+class ClipHeadOptions(HeadOptions):
+    output_dim: int = 256
+    hidden_dim: int = 512
+    dropout: float = 0.1
 
 
 def clip_head(input_dim: int, hidden_dim: int, output_dim: int, dropout: float) -> nn.Sequential:
@@ -22,9 +31,9 @@ def clip_head(input_dim: int, hidden_dim: int, output_dim: int, dropout: float) 
 
 
 @HEADS.register("clip")
-def clip_heads(
-    image_dim: int, text_dim: int, output_dim: int = 256, hidden_dim: int = 512, dropout: float = 0.1
-) -> HeadPair:
+def clip_heads(image_dim: int, text_dim: int, options: ClipHeadOptions) -> HeadPair:
+    o = options
     return HeadPair(
-        clip_head(image_dim, hidden_dim, output_dim, dropout), clip_head(text_dim, hidden_dim, output_dim, dropout)
+        clip_head(image_dim, o.hidden_dim, o.output_dim, o.dropout),
+        clip_head(text_dim, o.hidden_dim, o.output_dim, o.dropout),
     )

@@ -10,11 +10,18 @@ an image never attends to a particular caption, because retrieval embeds each ga
 query pair. Input (B, D_in) → output (B, output_dim).
 """
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from pipeline.heads import HEADS, HeadPair
-from pipeline.heads.attention import TokenRefiner, token_width
+from pipeline.heads.attention import AttentionOptions, TokenRefiner, token_width
+
+
+@dataclass(frozen=True)
+class CrossModalOptions(AttentionOptions):
+    num_layers: int = 1
 
 
 class SharedBankLayer(nn.Module):
@@ -35,22 +42,14 @@ class SharedBankLayer(nn.Module):
 
 
 @HEADS.register("cross_modal")
-def cross_modal_heads(
-    image_dim: int,
-    text_dim: int,
-    output_dim: int = 256,
-    hidden_dim: int = 512,
-    num_heads: int = 4,
-    num_layers: int = 1,
-    num_tokens: int = 8,
-    dropout: float = 0.1,
-) -> HeadPair:
-    width = token_width(hidden_dim, num_tokens, num_heads)
-    banks = [nn.Parameter(torch.randn(1, num_tokens, width) * width**-0.5) for _ in range(num_layers)]
-    attentions = [nn.MultiheadAttention(width, num_heads, dropout=dropout, batch_first=True) for _ in banks]
+def cross_modal_heads(image_dim: int, text_dim: int, options: CrossModalOptions) -> HeadPair:
+    o = options
+    width = token_width(o.hidden_dim, o.num_tokens, o.num_heads)
+    banks = [nn.Parameter(torch.randn(1, o.num_tokens, width) * width**-0.5) for _ in range(o.num_layers)]
+    attentions = [nn.MultiheadAttention(width, o.num_heads, dropout=o.dropout, batch_first=True) for _ in banks]
 
     def head(input_dim: int) -> TokenRefiner:
-        layers = nn.Sequential(*(SharedBankLayer(b, a, width, dropout) for b, a in zip(banks, attentions)))
-        return TokenRefiner(input_dim, hidden_dim, output_dim, num_tokens, layers)
+        layers = nn.Sequential(*(SharedBankLayer(b, a, width, o.dropout) for b, a in zip(banks, attentions)))
+        return TokenRefiner(input_dim, o.hidden_dim, o.output_dim, o.num_tokens, layers)
 
     return HeadPair(head(image_dim), head(text_dim))

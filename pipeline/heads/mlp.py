@@ -6,9 +6,20 @@ input projection to `hidden_dim`, `num_layers` pre-norm blocks x + Dropout(Linea
 then LayerNorm → Linear to `output_dim`. Input (B, D_in) → output (B, output_dim).
 """
 
+from dataclasses import dataclass
+
 from torch import nn
 
-from pipeline.heads import HEADS, HeadPair
+from pipeline.heads import HEADS, HeadOptions, HeadPair
+
+
+@dataclass(frozen=True)
+class MLPOptions(HeadOptions):
+    output_dim: int = 256
+    hidden_dim: int = 512
+    num_layers: int = 1
+    dropout: float = 0.1
+    residual: bool = False  # FuseMix residual blocks instead of plain layers
 
 
 def mlp(input_dim: int, hidden_dim: int, output_dim: int, num_layers: int, dropout: float) -> nn.Sequential:
@@ -42,17 +53,9 @@ def residual_mlp(input_dim: int, hidden_dim: int, output_dim: int, num_layers: i
 
 
 @HEADS.register("mlp")
-def mlp_heads(
-    image_dim: int,
-    text_dim: int,
-    output_dim: int = 256,
-    hidden_dim: int = 512,
-    num_layers: int = 1,
-    dropout: float = 0.1,
-    residual: bool = False,
-) -> HeadPair:
-    make = residual_mlp if residual else mlp
+def mlp_heads(image_dim: int, text_dim: int, options: MLPOptions) -> HeadPair:
+    o, make = options, residual_mlp if options.residual else mlp
     return HeadPair(
-        make(image_dim, hidden_dim, output_dim, num_layers, dropout),
-        make(text_dim, hidden_dim, output_dim, num_layers, dropout),
+        make(image_dim, o.hidden_dim, o.output_dim, o.num_layers, o.dropout),
+        make(text_dim, o.hidden_dim, o.output_dim, o.num_layers, o.dropout),
     )

@@ -6,9 +6,17 @@ Linear projection. No dropout (SigLIP uses none). Pair with the `siglip` loss.
 Input (B, D_in) → output (B, output_dim).
 """
 
+from dataclasses import dataclass
+
 from torch import nn
 
-from pipeline.heads import HEADS, HeadPair
+from pipeline.heads import HEADS, HeadOptions, HeadPair
+
+
+@dataclass(frozen=True)
+class SiglipHeadOptions(HeadOptions):
+    output_dim: int = 256
+    hidden_dim: int = 512
 
 
 class MapMlpBlock(nn.Module):
@@ -23,7 +31,10 @@ class MapMlpBlock(nn.Module):
 
 
 @HEADS.register("siglip")
-def siglip_heads(image_dim: int, text_dim: int, output_dim: int = 256, hidden_dim: int = 512) -> HeadPair:
-    image = nn.Sequential(MapMlpBlock(image_dim, hidden_dim), nn.LayerNorm(image_dim), nn.Linear(image_dim, output_dim))
+def siglip_heads(image_dim: int, text_dim: int, options: SiglipHeadOptions) -> HeadPair:
+    output_dim = options.output_dim
+    image = nn.Sequential(
+        MapMlpBlock(image_dim, options.hidden_dim), nn.LayerNorm(image_dim), nn.Linear(image_dim, output_dim)
+    )
     text = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, output_dim))
     return HeadPair(image, text)

@@ -7,32 +7,24 @@ With ε = 0 this is the CLIP loss. Inputs: image_features (B, D), text_features 
 L2-normalised; image_ids (B,) or None.
 """
 
-import math
+from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from pipeline.losses import LOSSES
-from pipeline.losses.clip import MAX_LOGIT_SCALE, symmetric_cross_entropy
+from pipeline.losses import LOSSES, ScaledLoss
+from pipeline.losses.clip import ClipOptions, symmetric_cross_entropy
+
+
+@dataclass(frozen=True)
+class AlignLossOptions(ClipOptions):
+    label_smoothing: float = 0.1
 
 
 @LOSSES.register("align")
-class AlignLoss(nn.Module):
-    def __init__(
-        self,
-        temperature: float = 0.07,
-        label_smoothing: float = 0.1,
-        learnable_temperature: bool = True,
-        hard_negative_beta: float = 0.0,
-    ):
-        super().__init__()
-        self.log_inverse_temperature = nn.Parameter(
-            torch.tensor(math.log(1.0 / temperature)), requires_grad=learnable_temperature
-        )
-        self.label_smoothing, self.hard_negative_beta = label_smoothing, hard_negative_beta
-
-    def scale(self) -> torch.Tensor:
-        return self.log_inverse_temperature.exp().clamp(max=MAX_LOGIT_SCALE)
+class AlignLoss(ScaledLoss):
+    def __init__(self, options: AlignLossOptions, learnable_temperature: bool = True):
+        super().__init__(options.temperature, learnable_temperature)
+        self.label_smoothing, self.hard_negative_beta = options.label_smoothing, options.hard_negative_beta
 
     def forward(self, image_features, text_features, image_ids=None) -> torch.Tensor:
         cosine = image_features @ text_features.T

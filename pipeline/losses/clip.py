@@ -1,20 +1,23 @@
 """CLIP loss: symmetric InfoNCE with a learnable (or fixed) temperature (Radford et al., 2021).
 
-logits = s · I Tᵀ with s = exp(logit_scale) clamped at 100; loss = ½ (CE(logits, Y) + CE(logitsᵀ, Yᵀ))
-with Y the image-id soft targets. Without repeated image ids this equals open_clip's `ClipLoss`.
+logits = s · I Tᵀ with s = exp(logit_scale) kept in [1, 100] (clamped in place after each step);
+loss = ½ (CE(logits, Y) + CE(logitsᵀ, Yᵀ)) with Y the image-id soft targets. Without repeated
+image ids this equals open_clip's `ClipLoss`.
 Inputs: image_features (B, D), text_features (B, D), L2-normalised; image_ids (B,) or None.
 """
 
-import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from pipeline.losses import LOSSES, positive_targets, same_image
+from pipeline.losses import LOSSES, LossOptions, ScaledLoss, positive_targets, same_image
 from pipeline.losses.hard_negatives import reweight_logits
 
-MAX_LOGIT_SCALE = 100.0
+
+@dataclass(frozen=True)
+class ClipOptions(LossOptions):
+    temperature: float = 0.07  # initial; learned unless model.learnable_temp is false
 
 
 def symmetric_cross_entropy(
@@ -33,14 +36,10 @@ def symmetric_cross_entropy(
 
 
 @LOSSES.register("clip")
-class ClipLoss(nn.Module):
-    def __init__(self, temperature: float = 0.07, learnable_temperature: bool = True, hard_negative_beta: float = 0.0):
-        super().__init__()
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)), requires_grad=learnable_temperature)
-        self.hard_negative_beta = hard_negative_beta
-
-    def scale(self) -> torch.Tensor:
-        return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+class ClipLoss(ScaledLoss):
+    def __init__(self, options: ClipOptions, learnable_temperature: bool = True):
+        super().__init__(options.temperature, learnable_temperature)
+        self.hard_negative_beta = options.hard_negative_beta
 
     def forward(self, image_features, text_features, image_ids=None) -> torch.Tensor:
         cosine = image_features @ text_features.T

@@ -9,32 +9,26 @@ multiple of the batch size. Inputs: image_features (B, D), text_features (B, D),
 image_ids (B,) int or None.
 """
 
-import math
+from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from pipeline.losses import LOSSES
-from pipeline.losses.clip import MAX_LOGIT_SCALE
+from pipeline.losses import LOSSES, ScaledLoss
+from pipeline.losses.clip import ClipOptions
 from pipeline.losses.queue import FeatureQueue, queue_positives, soft_cross_entropy, with_queue
 
 
-@LOSSES.register("infonce_queue")
-class InfoNCEQueueLoss(nn.Module):
-    def __init__(
-        self,
-        temperature: float = 0.07,
-        queue_size: int = 4096,
-        learnable_temperature: bool = True,
-        hard_negative_beta: float = 0.0,
-    ):
-        super().__init__()
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)), requires_grad=learnable_temperature)
-        self.queue = FeatureQueue(queue_size)
-        self.hard_negative_beta = hard_negative_beta
+@dataclass(frozen=True)
+class QueueOptions(ClipOptions):
+    queue_size: int = 4096  # must be a multiple of training.batch_size
 
-    def scale(self) -> torch.Tensor:
-        return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+
+@LOSSES.register("infonce_queue")
+class InfoNCEQueueLoss(ScaledLoss):
+    def __init__(self, options: QueueOptions, learnable_temperature: bool = True):
+        super().__init__(options.temperature, learnable_temperature)
+        self.queue = FeatureQueue(options.queue_size)
+        self.hard_negative_beta = options.hard_negative_beta
 
     def forward(self, image_features, text_features, image_ids=None) -> torch.Tensor:
         queued_image, queued_text, queued_ids = self.queue.keys()

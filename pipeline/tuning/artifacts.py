@@ -9,7 +9,6 @@ Files are replaced atomically, so concurrent workers never leave a torn file.
 import csv
 import io
 import json
-import os
 import time
 import warnings
 from pathlib import Path
@@ -22,18 +21,12 @@ import optuna  # noqa: E402
 import yaml  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
+from encoding.atomic import write_atomic  # noqa: E402
 from pipeline.tuning.settings import TuneSettings  # noqa: E402
 from pipeline.tuning.storage import artifacts_dir  # noqa: E402
 
 PLOT_INTERVAL_S = 300
-ATTR_COLUMNS = ("best_epoch", "epochs_run", "worker", "non_finite_loss", "invalid_config", "surplus")
-
-
-def write_atomic(path: Path, text: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(text if isinstance(text, bytes) else text.encode())
-    os.replace(tmp, path)
+ATTR_COLUMNS = ("best_epoch", "epochs_run", "worker", "pruned_because", "applied_options", "surplus")
 
 
 def best_config(study: optuna.Study, settings: TuneSettings) -> dict | None:
@@ -64,6 +57,7 @@ def trials_csv(trials: list[FrozenTrial]) -> str:
 def write_tables(study: optuna.Study, settings: TuneSettings) -> Path | None:
     """best_config.yaml (when a trial completed) and trials.csv; returns the best config's path."""
     out = artifacts_dir(settings.study_name)
+    out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "trials.csv", trials_csv(study.get_trials(deepcopy=False)))
     config = best_config(study, settings)
     if config is None:
@@ -75,6 +69,7 @@ def write_tables(study: optuna.Study, settings: TuneSettings) -> Path | None:
 def write_plots(study: optuna.Study, settings: TuneSettings) -> dict[str, str]:
     """The optimisation-history and parameter-importance PNGs; returns {file: reason} for plots skipped."""
     out, skipped = artifacts_dir(settings.study_name), {}
+    out.mkdir(parents=True, exist_ok=True)
     completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     varied = {name for t in completed for name in t.params if len({str(u.params.get(name)) for u in completed}) > 1}
     plots = {
@@ -101,6 +96,7 @@ def write_plots(study: optuna.Study, settings: TuneSettings) -> dict[str, str]:
 
 def write_summary(settings: TuneSettings, summary: dict) -> Path:
     path = artifacts_dir(settings.study_name) / "summary.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(summary, indent=2, default=str))
     return path
 

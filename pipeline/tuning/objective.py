@@ -1,9 +1,10 @@
 """The sweep objective: one trial trains the sampled head pair on the tuning split and scores it on val.
 
 The cache splits are loaded once, when the objective is built (once per worker process). Every epoch
-reports the metric to the trial and asks the pruner. A NaN/inf training loss, or a combination of
-values the heads or losses refuse, ends the trial as PRUNED: it counts as finished, TPE learns to
-avoid the region, and the study goes on; the reason is in the trial's user attrs.
+reports the metric to the trial and asks the pruner. Any error while building or training the trial's
+model (a NaN/inf loss, a combination of values a head refuses, a shape torch rejects) ends the trial
+as PRUNED with the reason in its `pruned_because` user attr: it counts as finished, TPE learns to avoid
+the region, and the sweep goes on. `applied_options` records the head/loss keys the trial applied.
 """
 
 import os
@@ -15,9 +16,8 @@ from pathlib import Path
 import optuna
 
 from encoding import cache
-from encoding.errors import BadInput
 from pipeline.data import load_splits
-from pipeline.engine import NonFiniteLoss, Trainer
+from pipeline.training.heads import HeadTrainer
 from pipeline.tuning.algorithms import METRICS
 from pipeline.tuning.settings import TuneSettings
 
@@ -44,26 +44,19 @@ class Objective:
     def __init__(self, settings: TuneSettings):
         self.settings = settings
         self.metric = METRICS.get(settings.metric, key="metric")
-        data = settings.base["data"]
-        start = time.perf_counter()
-        self.train_split = resolve_train_split(Path(data["cache"]), settings.train_split, data["train_split"])
-        splits = load_splits(Path(data["cache"]), list(dict.fromkeys([self.train_split, data["val_split"]])))
-        self.train, self.val = splits[self.train_split], splits[data["val_split"]]
+        base, _ = settings.experiment({})
+        data, start = base.data, time.perf_counter()
+        self.train_split = resolve_train_split(Path(data.cache), settings.train_split, data.train_split)
+        splits = load_splits(Path(data.cache), list(dict.fromkeys([self.train_split, data.val_split])))
+        self.train, self.val = splits[self.train_split], splits[data.val_split]
         self.splits = (self.train, self.val)
-        Trainer(settings.experiment({}), *self.splits)  # torch's one-off lazy initialisation
+        HeadTrainer(base, *self.splits)  # torch's one-off lazy initialisation
         self.setup_seconds = time.perf_counter() - start
         self.epoch_seconds = 0.0
         self.better = max if settings.direction == "maximize" else min
 
     def __call__(self, trial: optuna.trial.BaseTrial) -> float:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        try:  # a combination the heads or losses refuse (e.g. a width that does not split into heads)
-            config = self.settings.experiment(self.settings.space.sample(trial))
-            trial.set_user_attr("config", config.to_dict())
-            trainer = Trainer(replace(config, data=replace(config.data, train_split=self.train_split)), *self.splits)
-        except BadInput as err:
-            trial.set_user_attr("invalid_config", str(err))
-            raise optuna.TrialPruned(f"invalid combination: {err}") from err
         scores = []
 
         def on_epoch_end(epoch: int, record: dict) -> None:
@@ -74,10 +67,21 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} with {self.settings.metric} {scores[-1]:.2f}")
 
         try:
+            config, applied = self.settings.experiment(self.settings.space.sample(trial))
+            trial.set_user_attr("config", config.to_dict())
+            trial.set_user_attr("applied_options", ",".join(applied))
+            trainer = HeadTrainer(
+                replace(config, data=replace(config.data, train_split=self.train_split)), *self.splits
+            )
+            trainer.log_epochs = False
             trainer.run(on_epoch_end)
-        except NonFiniteLoss as err:
-            trial.set_user_attr("non_finite_loss", str(err))
-            raise optuna.TrialPruned(f"non-finite loss: {err}") from err
+        except optuna.TrialPruned as pruned:
+            trial.set_user_attr("pruned_because", str(pruned))
+            raise
+        except Exception as err:  # any failure of this combination prunes the trial, never the sweep
+            reason = f"{type(err).__name__}: {err}"
+            trial.set_user_attr("pruned_because", reason)
+            raise optuna.TrialPruned(reason) from err
         best = self.better(scores)
         trial.set_user_attr("best_epoch", scores.index(best))
         trial.set_user_attr("epochs_run", len(scores))

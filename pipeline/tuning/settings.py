@@ -4,7 +4,9 @@ Keys: `study_name`, `direction` (maximize|minimize), `metric` (rsum, R@1, i2t_R@
 `pruner`, `n_trials`, `timeout`, `train_split` (default `tuning`), `heartbeat_interval`,
 `grace_period`, `max_retry`, `base_config` (a mapping, or a path relative to the optuna config),
 `search_space` and `conditional`. Every search-space bound and choice is checked against the
-experiment config schema, so a typo fails here with the key named, not hours into a sweep.
+experiment config schema, so a typo fails here with the key named, not hours into a sweep. The base
+config may hold `model`/`loss` keys of several heads and losses: each trial applies only the keys of
+the head and loss it samples (`TuneSettings.experiment`), every other key takes that head's default.
 """
 
 import copy
@@ -14,7 +16,10 @@ from pathlib import Path
 import yaml
 
 from encoding.errors import BadInput
-from pipeline.config import ExperimentConfig, apply_overrides, from_dict
+from pipeline.config import ExperimentConfig, apply_overrides, from_dict, without_foreign_options
+from pipeline.heads import HEADS, HeadOptions
+from pipeline.losses import LOSSES, LossOptions
+from pipeline.schema import option_names
 from pipeline.tuning.algorithms import METRICS, PRUNERS, SAMPLERS, build_pruner, build_sampler, normalise_choice
 from pipeline.tuning.space import SearchSpace, parse_space
 
@@ -38,7 +43,7 @@ POSITIVE_INTS = ("n_trials", "heartbeat_interval", "grace_period")
 
 @dataclass(frozen=True)
 class TuneSettings:
-    """One sweep. `base` is the base experiment config as a nested dict (overrides applied)."""
+    """One sweep. `base` is the base experiment config as written (overrides applied), checked at load."""
 
     study_name: str
     direction: str
@@ -55,9 +60,15 @@ class TuneSettings:
     space: SearchSpace
     source: str = "<dict>"
 
-    def experiment(self, values: dict) -> ExperimentConfig:
-        """The base config with `values` (config key → value) set, validated."""
-        return from_dict(with_values(self.base, values))
+    def experiment(self, values: dict) -> tuple[ExperimentConfig, list[str]]:
+        """The base config with `values` (config key → value) set, validated, keeping only the `model`/`loss`
+        keys the chosen head and loss take; also the dotted keys that were applied."""
+        config = with_values(self.base, values)
+        kept, _ = without_foreign_options(config)
+        applied = [
+            f"{section}.{key}" for section in ("model", "loss") for key in kept.get(section, {}) if key != "type"
+        ]
+        return from_dict(kept), sorted(applied)
 
 
 def with_values(base: dict, values: dict) -> dict:
@@ -156,12 +167,24 @@ def _base_config(raw, base_dir: Path, overrides: list[str]) -> dict:
         raise BadInput(f"base_config: expected a mapping or a path to an experiment YAML, got {raw!r}")
     base = apply_overrides(raw, overrides)
     try:
-        return from_dict(base).to_dict()
+        from_dict(without_foreign_options(base)[0])
     except BadInput as err:
         raise BadInput(f"base_config: {err}") from err
+    return base
 
 
 def _check_value(base: dict, key: str, value) -> None:
+    """BadInput unless `key` = `value` is valid for some head/loss that takes the key (the base's own when it does)."""
     if key.count(".") != 1:
         raise BadInput(f"'{key}' is not a config key; use section.key, e.g. training.learning_rate")
-    from_dict(with_values(base, {key: value}))
+    section, leaf = key.split(".")
+    values = with_values(base, {key: value})
+    registry = {"model": HEADS, "loss": LOSSES}.get(section)
+    if registry is not None and leaf != "type":
+        chosen = values[section].get("type", (HeadOptions if section == "model" else LossOptions).type)
+        if leaf not in option_names(registry.get(chosen)):
+            takers = [name for name in registry.names() if leaf in option_names(registry.get(name))]
+            if not takers:
+                raise BadInput(f"unknown config key '{key}'; no {registry.kind} takes it")
+            values[section]["type"] = takers[0]
+    from_dict(without_foreign_options(values)[0])

@@ -11,7 +11,7 @@ from backbone_configs import TINY_RESNET, TINY_VIT, one_torch_thread, write_conf
 
 from encoding import cache, encode, split
 from encoding.datasets import DATASETS
-from pipeline import backbone_train
+from pipeline.commands import backbone_train
 
 MINILM = "st:sentence-transformers/all-MiniLM-L6-v2"
 CLASSES = [f"thing{c:02d}" for c in range(100)]

@@ -11,7 +11,8 @@ from encoding.backbones import load_image_backbone
 from encoding.backbones.checkpoint import AttentionPooling, build_image_encoder
 from encoding.errors import BadInput
 from pipeline.backbone.config import from_dict
-from pipeline.backbone.data import SplitImages, image_loader, plan_epoch, train_transform
+from pipeline.backbone.data import SplitImages, image_loader, train_transform
+from pipeline.data import EpochSampler
 
 
 @pytest.mark.parametrize(
@@ -21,10 +22,10 @@ from pipeline.backbone.data import SplitImages, image_loader, plan_epoch, train_
         ({"training": {"batch_size": "big"}}, r"'training.batch_size': expected int"),
         ({"model": {"library": "keras"}}, r"model.library: unknown backbone library 'keras'; .*timm, torchvision"),
         ({"model": {"pooling": "max"}}, r"model.pooling: unknown pooling 'max'; choose one of: attention, avg"),
-        ({"model": {"image_size": [32]}}, r"'model.image_size': expected an int or \[height, width\]"),
+        ({"model": {"image_size": [32]}}, r"'model.image_size': expected a positive int or \[height, width\]"),
         ({"model": {"mean": [0.5]}}, r"'model.mean': expected three numbers"),
-        ({"augment": {"crop_scale": 0}}, r"'augment.crop_scale': value out of range"),
-        ({"training": {"accumulation_steps": 0}}, r"'training.accumulation_steps': value out of range"),
+        ({"augment": {"crop_scale": 0}}, r"'augment.crop_scale': expected a number in \(0, 1\]"),
+        ({"training": {"accumulation_steps": 0}}, r"'training.accumulation_steps': expected a finite number >= 1"),
         ({"training": {"precision": "fp8"}}, r"'training.precision': 'fp8' is not one of"),
         ({"loss": {"type": "triplet"}}, r"loss.type: unknown loss 'triplet'"),
     ],
@@ -96,12 +97,13 @@ def test_attention_pooling_matches_a_loop_over_positions():
 
 def test_epoch_plan_shows_each_image_once_with_one_of_its_captions():
     caption_image_index = torch.tensor([0, 0, 1, 2, 2, 2, 4])  # image 3 has no caption
-    plan = plan_epoch(caption_image_index, 5, seed=0, epoch=0)
-    assert sorted(plan.image_rows.tolist()) == [0, 1, 2, 4]
-    assert torch.equal(caption_image_index[plan.caption_rows], plan.image_rows)
-    again = plan_epoch(caption_image_index, 5, seed=0, epoch=0)
-    assert torch.equal(again.image_rows, plan.image_rows) and torch.equal(again.caption_rows, plan.caption_rows)
-    orders = {tuple(plan_epoch(caption_image_index, 5, seed=0, epoch=e).image_rows.tolist()) for e in range(8)}
+    sampler = EpochSampler(caption_image_index, 5, "image", seed=0, device="cpu")
+    rows, captions = sampler.order(0)
+    assert sorted(rows.tolist()) == [0, 1, 2, 4]
+    assert torch.equal(caption_image_index[captions], rows)
+    again = EpochSampler(caption_image_index, 5, "image", seed=0, device="cpu").order(0)
+    assert torch.equal(again[0], rows) and torch.equal(again[1], captions)
+    orders = {tuple(sampler.order(e)[0].tolist()) for e in range(8)}
     assert len(orders) > 1
 
 

@@ -12,8 +12,9 @@ from backbone_configs import TINY_RESNET, TINY_VIT, one_torch_thread, write_conf
 from encoding import cache, split
 from encoding.backbones.checkpoint import build_image_encoder, eval_transform
 from encoding.datasets import open_image
-from pipeline import backbone_train, cli
+from pipeline import cli
 from pipeline.backbone.trainer import BackboneTrainer
+from pipeline.commands import backbone_train
 from pipeline.metrics import retrieval_metrics
 
 MINILM = "st:sentence-transformers/all-MiniLM-L6-v2"
@@ -53,8 +54,8 @@ def test_resume_continues_exactly(demo_cache, tmp_path, monkeypatch):
     assert backbone_train.main([str(straight)]) == 0
     end_epoch = BackboneTrainer.end_epoch
 
-    def killed_after_first_epoch(self, record):
-        end_epoch(self, record)
+    def killed_after_first_epoch(self, record, writer=None):
+        end_epoch(self, record, writer)
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:

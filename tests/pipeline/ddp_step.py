@@ -9,7 +9,7 @@ import torch
 
 from pipeline.config import from_dict
 from pipeline.data import load_splits
-from pipeline.engine import Trainer
+from pipeline.training.heads import HeadTrainer
 
 cache, out = sys.argv[1], sys.argv[2]
 config = from_dict(
@@ -20,8 +20,8 @@ config = from_dict(
     }
 )
 splits = load_splits(cache, ["train", "val"])
-trainer = Trainer(config, splits["train"], splits["val"])
+trainer = HeadTrainer(config, splits["train"], splits["val"])
 rows, captions = trainer.epoch_order(0)
-loss = trainer.train_step(*trainer.batch_inputs(rows[:16], captions[:16]))
+loss = trainer.train_step((*trainer.batch_inputs(rows[:16], captions[:16]), None))
 if trainer.rank == 0:
     torch.save({"loss": loss, "model": trainer.model.state_dict(), "world": trainer.world}, out)

@@ -9,36 +9,32 @@ import torch
 from pipeline import cli
 from pipeline.config import load_config
 from pipeline.data import load_splits
-from pipeline.engine import Trainer
+from pipeline.training.heads import HeadTrainer
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "heads"
 HEAD_CONFIGS = ["mlp_baseline", "attention", "cross_modal", "siglip", "clip", "align", "blip"]
-TINY = [
-    "training.num_epochs=2",
-    "training.batch_size=16",
-    "training.device=cpu",
-    "loss.queue_size=32",
-    "model.output_dim=16",
-    "model.hidden_dim=32",
-]
+TINY = ["training.num_epochs=2", "training.batch_size=16", "training.device=cpu", "model.output_dim=16"]
+QUEUE = {"blip": ["loss.queue_size=32"]}
 
 
 @pytest.mark.parametrize("name", HEAD_CONFIGS)
 def test_every_head_config_trains_with_its_loss(name, synthetic_cache, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     argv = ["train", str(CONFIGS / f"{name}.yaml"), "--set", f"data.cache={synthetic_cache}"]
-    assert cli.main(argv + [item for s in TINY for item in ("--set", s)]) == 0
+    tiny = TINY + QUEUE.get(name, []) + ([] if name == "linear" else ["model.hidden_dim=32"])
+    assert cli.main(argv + [item for s in tiny for item in ("--set", s)]) == 0
     config = load_config(CONFIGS / f"{name}.yaml")
     metrics = json.loads((tmp_path / "results" / config.name / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["num_images"] == 10
 
 
 def _trainer(cache, out_dir, epochs=4, **training):
-    overrides = [f"data.cache={cache}", *TINY, f"training.num_epochs={epochs}", "training.patience=100"]
+    overrides = [f"data.cache={cache}", *TINY, "model.hidden_dim=32", f"training.num_epochs={epochs}"]
+    overrides += ["training.patience=100"]
     overrides += [f"training.{k}={v}" for k, v in training.items()]
     config = load_config(CONFIGS / "mlp_baseline.yaml", overrides)
     splits = load_splits(cache, ["train", "val"])
-    return Trainer(config, splits["train"], splits["val"], out_dir)
+    return HeadTrainer(config, splits["train"], splits["val"], out_dir)
 
 
 def test_seeded_runs_are_reproducible(synthetic_cache, tmp_path):

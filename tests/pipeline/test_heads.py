@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from encoding.errors import BadInput
-from pipeline import heads
+from pipeline import heads, schema
 from pipeline.heads.mlp import ResidualBlock
 
 OPTIONS = {"output_dim": 16, "hidden_dim": 32, "num_heads": 2, "num_layers": 2, "num_tokens": 4, "dropout": 0.0}
@@ -21,7 +21,8 @@ def test_registry_lists_every_head():
 @pytest.mark.parametrize("name", ALL)
 def test_head_shapes_normalisation_and_gradients(name):
     torch.manual_seed(0)
-    pair = heads.build(name, 12, 10, **OPTIONS, unused_option=1)
+    options = {k: v for k, v in OPTIONS.items() if k in schema.option_names(heads.HEADS.get(name))}
+    pair = heads.build(name, 12, 10, **options)
     image, text = pair(torch.randn(6, 12), torch.randn(6, 10))
     assert image.shape == (6, 16) and text.shape == (6, 16)
     assert torch.allclose(image.norm(dim=-1), torch.ones(6), atol=1e-5)

@@ -12,7 +12,7 @@ from conftest import write_synthetic_cache
 from encoding import cache, split
 from pipeline import cli
 from pipeline.data import load_splits
-from pipeline.evaluate import load_run
+from pipeline.evaluation import load_run
 from pipeline.metrics import retrieval_metrics
 
 CLASSES = ["zero", "one", "two", "three", "four"]
@@ -80,7 +80,7 @@ def test_evaluate_other_split_keeps_the_runs_test_metrics(trained):
     assert cli.main(["evaluate", str(run), "--split", "val", "--checkpoint", "last.pt"]) == 0
     assert (run / "metrics.json").read_text() == before
     val = json.loads((run / "metrics-val.json").read_text())
-    _, model = load_run(run, "last.pt")
+    _, model, _ = load_run(run, "last.pt")
     data = load_splits(work / "cache", ["val"])["val"]
     with torch.no_grad():
         expected = retrieval_metrics(
@@ -156,7 +156,7 @@ def test_zeroshot_through_the_runs_text_head(trained, tmp_path):
         str(out),
     ]
     assert cli.main(argv) == 0
-    _, model = load_run(run)
+    _, model, _ = load_run(run)
     test = load_splits(work / "cache", ["test"])["test"]
     with torch.no_grad():
         expected = naive_zeroshot(

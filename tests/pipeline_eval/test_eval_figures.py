@@ -11,7 +11,8 @@ from PIL import Image
 from encoding import split
 from pipeline import plots, report
 from pipeline.config import load_config
-from pipeline.train import train
+from pipeline.runs import train_run
+from pipeline.training.heads import HeadTrainer
 
 
 def png_size(path) -> tuple[int, int]:
@@ -84,7 +85,8 @@ def test_report_run_writes_figures_and_cost_side(tmp_path, monkeypatch):
     write_gallery = report.write_gallery
     monkeypatch.setattr(report, "write_gallery", with_real_paths)
     config = load_config_for(cache_dir, tmp_path)
-    trainer, _, metrics = train(config, tmp_path / "run")
+    run = train_run(HeadTrainer, config, tmp_path / "run")
+    trainer, metrics = run.trainer, run.metrics
     run = tmp_path / "run"
     info = json.loads((run / "run_info.json").read_text())
     assert info["figures"] == ["training_curves.png", "pca.png", "tsne.png", "gallery.png"]

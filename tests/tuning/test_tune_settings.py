@@ -167,7 +167,7 @@ def test_conditional_space_only_under_its_branch(tmp_path):
     mlp = settings.space.sample(optuna.trial.FixedTrial({"model.type": "mlp", "model.num_layers|model.type=mlp": 2}))
     assert mlp == {"model.type": "mlp", "model.num_layers": 2}
     assert settings.space.sample(optuna.trial.FixedTrial({"model.type": "linear"})) == {"model.type": "linear"}
-    assert settings.experiment(mlp).model.num_layers == 2
+    assert settings.experiment(mlp)[0].model.num_layers == 2
     assert conditional_name("model.num_layers", "model.type", "mlp") in settings.space.grid()
 
 

@@ -10,7 +10,7 @@ from tune_support import write_optuna_config
 
 from encoding.errors import BadInput
 from pipeline import cli
-from pipeline.tune import main as cli_tune_main
+from pipeline.commands.tune import main as cli_tune_main
 from pipeline.tuning.storage import default_url
 
 POSTGRES_URL = os.environ.get("XALIGN_TEST_POSTGRES_URL")

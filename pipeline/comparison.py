@@ -1,16 +1,11 @@
-"""`xalign compare RUN_DIR... [--csv] [--out FILE]`: one table of runs, best rsum first.
+"""A table of finished runs for `xalign compare`: each run's test metrics, key settings and cost side.
 
 Each row: the run's test metrics (metrics.json), key settings (config.yaml: head, loss, output
 dim, learning rate, batch size) and the cost side (run_info.json: trainable parameters, training
-wall time, inference time per 1,000 queries, peak memory). Directories without metrics.json (e.g.
-`results/optuna`) are skipped with a note on stderr.
+wall time, inference time per 1,000 queries, peak memory).
 """
 
-import argparse
-import csv
-import io
 import json
-import sys
 from pathlib import Path
 
 import yaml
@@ -66,6 +61,11 @@ def read_run(run_dir: Path) -> dict | None:
     return run
 
 
+def column_formats(header: list[str]) -> list[str]:
+    """Formats of the columns `table_rows` returned (the run name first)."""
+    return ["{}"] + [COLUMNS[name][2] for name in header[1:]]
+
+
 def table_rows(runs: list[dict]) -> tuple[list[str], list[list]]:
     """(header, rows of raw values) sorted by rsum, best first; columns no run has are dropped."""
     runs = sorted(runs, key=lambda r: -(_lookup(r["metrics"], ("rsum",)) or float("-inf")))
@@ -73,45 +73,3 @@ def table_rows(runs: list[dict]) -> tuple[list[str], list[list]]:
     keep = [i for i in range(len(COLUMNS)) if any(row[i] is not None for row in values)]
     header = ["run"] + [list(COLUMNS)[i] for i in keep]
     return header, [[r["run"]] + [row[i] for i in keep] for r, row in zip(runs, values)]
-
-
-def markdown(header: list[str], rows: list[list]) -> str:
-    formats = ["{}"] + [COLUMNS[name][2] for name in header[1:]]
-    cells = [[("" if v is None else f.format(v)) for f, v in zip(formats, row)] for row in rows]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
-
-
-def csv_text(header: list[str], rows: list[list]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows([["" if v is None else v for v in row] for row in rows])
-    return out.getvalue().rstrip("\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xalign compare", description=__doc__)
-    p.add_argument("runs", nargs="+", type=Path, help="run directories written by `xalign train`")
-    p.add_argument("--csv", action="store_true", help="CSV instead of a markdown table")
-    p.add_argument("--out", type=Path, help="also write the table to FILE")
-    return p
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    runs = []
-    for run_dir in args.runs:
-        run = read_run(run_dir)
-        if run is None:
-            print(f"skipping {run_dir}: no metrics.json", file=sys.stderr)
-        else:
-            runs.append(run)
-    if not runs:
-        raise BadInput(f"compare: none of {', '.join(map(str, args.runs))} holds a metrics.json")
-    header, rows = table_rows(runs)
-    text = csv_text(header, rows) if args.csv else markdown(header, rows)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    return 0

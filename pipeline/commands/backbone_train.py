@@ -1,0 +1,57 @@
+"""`xalign backbone-train CONFIG [--set key=value ...] [--resume] [--overwrite] [--bench]`: train an image
+encoder end to end.
+
+The caption side is frozen: its embeddings come from the cache `data.cache` (made by `xalign encode`),
+whose `splits.json` decides which images train, validate and test. Writes `results/<name>/` under the
+working directory, as `xalign train` does: config.yaml, best.pt (the encoder: `xalign encode
+--image-model results/<name>/best.pt`), last.pt (for `--resume`), history.jsonl, training_curves.png,
+metrics.json (test split, best checkpoint), figures and run_info.json. `--bench` prints
+training-step throughput as JSON instead.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from encoding.errors import BadInput
+from pipeline.backbone.bench import bench_training_step
+from pipeline.backbone.config import from_dict
+from pipeline.backbone.trainer import BackboneTrainer
+from pipeline.config import load_config
+from pipeline.data import load_splits
+from pipeline.runs import prepare_run_dir, train_run
+from pipeline.tables import metrics_table
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xalign backbone-train", description=__doc__)
+    p.add_argument("config", type=Path)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--resume", action="store_true", help="continue from results/<name>/last.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
+    p.add_argument("--bench", action="store_true", help="print training-step throughput as JSON; trains nothing")
+    p.add_argument("--bench-steps", type=int, default=10, help="timed batches per loop with --bench")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    config = load_config(args.config, args.overrides, validate=from_dict)
+    if args.bench:
+        if args.bench_steps < 1:
+            raise BadInput("--bench-steps must be >= 1")
+        d = config.data
+        splits = load_splits(Path(d.cache), list(dict.fromkeys([d.train_split, d.val_split])))
+        trainer = BackboneTrainer(config, splits[d.train_split], splits[d.val_split])
+        print(json.dumps(bench_training_step(trainer, args.bench_steps)))
+        return 0
+    out_dir = prepare_run_dir(config.name, args.resume, args.overwrite)
+    run = train_run(BackboneTrainer, config, out_dir, resume=args.resume)
+    result = run.result
+    print(
+        f"{config.name}: best val rsum {result.best_rsum:.1f} at epoch {result.best_epoch + 1} "
+        f"({result.epochs_run} epochs)"
+    )
+    print(metrics_table(run.metrics, with_chance=True))
+    print(f"wrote {out_dir}; encode with it: xalign encode --image-model {out_dir / 'best.pt'} ...")
+    return 0

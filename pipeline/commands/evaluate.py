@@ -1,0 +1,62 @@
+"""`xalign evaluate`: retrieval (and zero-shot) metrics of a trained run, or of a cache's raw embeddings.
+
+`xalign evaluate RUN_DIR [--split test]` → `RUN_DIR/metrics.json` (or `--out FILE`);
+`xalign evaluate --cache DIR [--split test]` → `DIR/metrics-<split>.json`, the zero-shot baseline
+of backbones that share an embedding space (image and text dims must be equal; cosine scores).
+`RUN_DIR --cache DIR` evaluates the run's heads on another cache with the same backbones.
+`--zeroshot` adds top-1/top-5 classification from class-name prompts (caches with labels).
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from encoding.errors import BadInput
+from pipeline.evaluation import default_run_output, evaluate_cache, evaluate_run
+from pipeline.tables import metrics_table
+from pipeline.zeroshot import ZeroShotOptions
+
+
+def parse_ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        ks = ()
+    if not ks or min(ks) < 1:
+        raise BadInput(f"--ks '{text}': expected comma-separated positive integers like 1,5,10")
+    return tuple(sorted(set(ks)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xalign evaluate", description=__doc__)
+    p.add_argument("run_dir", nargs="?", type=Path, help="a run directory written by `xalign train`")
+    p.add_argument("--cache", type=Path, help="a cache: its raw embeddings alone, or the data for RUN_DIR's heads")
+    p.add_argument("--split", default="test", help="a split of splits.json, or 'all'")
+    p.add_argument("--out", type=Path, help="metrics JSON file")
+    p.add_argument("--ks", default="1,5,10", help="comma-separated K values (default 1,5,10)")
+    p.add_argument("--checkpoint", default="best.pt", help="checkpoint file in RUN_DIR (best.pt or last.pt)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    z = p.add_argument_group("zero-shot classification (caches with image labels)")
+    z.add_argument("--zeroshot", action="store_true", help="add top-1/top-5 accuracy from class-name prompts")
+    z.add_argument("--classes", type=Path, help="JSON list of class names (default: classes.json in the data root)")
+    z.add_argument("--templates", help="template set name in configs/zeroshot/templates.yaml, or a YAML file")
+    z.add_argument("--prompt-cache", type=Path, help="a cache whose captions hold the prompts (same text model)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.run_dir is None and args.cache is None:
+        raise BadInput("evaluate: give RUN_DIR, --cache DIR, or both")
+    ks = parse_ks(args.ks)
+    zeroshot = ZeroShotOptions(args.classes, args.templates, args.prompt_cache) if args.zeroshot else None
+    if args.run_dir is None:
+        metrics = evaluate_cache(args.cache, args.split, ks, args.device, zeroshot)
+        out = args.out or args.cache / f"metrics-{args.split}.json"
+    else:
+        metrics = evaluate_run(args.run_dir, args.split, ks, args.cache, args.device, zeroshot, args.checkpoint)
+        out = args.out or args.run_dir / default_run_output(args.run_dir, args.split, args.cache)
+    Path(out).write_text(json.dumps(metrics, indent=2))
+    print(metrics_table(metrics, ks))
+    print(f"wrote {out}")
+    return 0

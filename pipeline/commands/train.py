@@ -1,0 +1,40 @@
+"""`xalign train CONFIG [--set key=value ...] [--resume]`: train a head pair on a cache.
+
+Writes `results/<name>/` under the working directory: config.yaml (fully resolved), best.pt,
+last.pt, history.jsonl, training_curves.png, metrics.json (test split) and run_info.json (cost side:
+trainable parameters, wall time, peak memory). Prints a line per epoch.
+"""
+
+import argparse
+from pathlib import Path
+
+from pipeline.config import load_config
+from pipeline.runs import prepare_run_dir, train_run
+from pipeline.tables import metrics_table
+from pipeline.training.heads import HeadTrainer
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xalign train", description=__doc__)
+    p.add_argument("config", type=Path)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--resume", action="store_true", help="continue from results/<name>/last.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    config = load_config(args.config, args.overrides)
+    out_dir = prepare_run_dir(config.name, args.resume, args.overwrite)
+    run = train_run(HeadTrainer, config, out_dir, resume=args.resume)
+    if run.metrics is None:
+        return 0
+    result = run.result
+    print(
+        f"{config.name}: best val rsum {result.best_rsum:.1f} at epoch {result.best_epoch + 1} "
+        f"({result.epochs_run} epochs, {sum(r['seconds'] for r in result.history):.1f}s)"
+    )
+    print(metrics_table(run.metrics))
+    print(f"wrote {out_dir}")
+    return 0

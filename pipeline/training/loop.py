@@ -1,0 +1,268 @@
+"""The one training loop: epochs, early stopping on val rsum, best/last checkpoints, exact resume,
+history, a line per epoch, optional TensorBoard, and a per-epoch hook (Optuna's report/prune).
+
+A mode subclasses `Trainer` and supplies its model and its step:
+- `build()` → (model, loss); `micro_batches_per_epoch()`;
+- `epoch_batches(epoch)` → the epoch's micro-batches; `batch_loss(batch)` → scalar loss of one;
+- `embed(split)` → (N, D) image and (M, D) caption embeddings, fp32, L2-normalised;
+- `encode_queries(text)` → (Q, D) embeddings of raw caption inputs (for inference timing);
+- `checkpoint()` → the weights and what rebuilds the model; `load_weights(state, path)`.
+A step accumulates `training.accumulation_steps` micro-batches, clips the gradient norm, steps AdamW
+and the warmup + cosine schedule, then clamps the loss's learnable scale in place. Early stopping
+counts epochs without a better validation rsum from `training.min_epochs` on.
+"""
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from encoding.runtime import resolve_precision
+from pipeline.data import SplitTensors
+from pipeline.metrics import retrieval_metrics
+from pipeline.plots import training_curves
+from pipeline.training.checkpoint import (
+    load_checkpoint,
+    restore_resumable_state,
+    resumable_state,
+    save_checkpoint,
+)
+from pipeline.training.distributed import start_distributed
+
+CURVES_INTERVAL_S = 30  # training_curves.png is redrawn at most this often while training
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    best_rsum: float
+    best_epoch: int
+    epochs_run: int
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def cosine_with_warmup(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """LR multiplier: linear warmup to 1, then cosine decay to 0 at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def parameter_groups(modules, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay on matrices, none on biases, norms and scalar temperatures."""
+    decay, no_decay = [], []
+    for module in modules:
+        for p in module.parameters():
+            if p.requires_grad:
+                (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def epoch_record(epoch: int, train_loss: float, metrics: dict, lr: float, scale: float, seconds: float) -> dict:
+    """One line of history.jsonl."""
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "val_rsum": metrics["rsum"],
+        **{f"val_{d}_{k}": metrics[d][k] for d in ("i2t", "t2i") for k in ("R@1", "R@5", "R@10")},
+        "lr": lr,
+        "logit_scale": scale,
+        "seconds": seconds,
+    }
+
+
+class Trainer:
+    """Trains on `train`, validating on `val` each epoch; writes to `out_dir` when given (rank 0 only)."""
+
+    log_epochs = True  # print a line per epoch (sweeps turn it off)
+
+    def __init__(self, config, train: SplitTensors, val: SplitTensors, out_dir: Path | None = None):
+        self.config, t = config, config.training
+        self.rank, self.world, self.device = start_distributed(t.device)
+        self.precision = resolve_precision(t.precision, self.device)
+        self.train, self.val = train, val
+        torch.manual_seed(t.seed)
+        self.model, self.loss = self.build()
+        self.loss.to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            parameter_groups([self.model, self.loss], t.weight_decay), lr=t.learning_rate
+        )
+        self.micro_batches = self.micro_batches_per_epoch()
+        self.steps_per_epoch = math.ceil(self.micro_batches / t.accumulation_steps)
+        schedule = cosine_with_warmup(t.warmup_steps, self.steps_per_epoch * t.num_epochs)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+        self.out_dir = None if out_dir is None else Path(out_dir)
+        self.history: list[dict] = []
+        self.epoch, self.best_rsum, self.best_epoch, self.bad_epochs = 0, -1.0, -1, 0
+        self.curves_at = -math.inf
+
+    # --- what a mode supplies -------------------------------------------------------------------
+    def build(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        raise NotImplementedError
+
+    def micro_batches_per_epoch(self) -> int:
+        raise NotImplementedError
+
+    def epoch_batches(self, epoch: int) -> Iterator:
+        raise NotImplementedError
+
+    def batch_loss(self, batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def embed(self, split: SplitTensors) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def encode_queries(self, text: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def checkpoint(self) -> dict:
+        raise NotImplementedError
+
+    def load_weights(self, state: dict, path: Path) -> None:
+        raise NotImplementedError
+
+    # --- the loop ------------------------------------------------------------------------------
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for m in (self.model, self.loss) for p in m.parameters() if p.requires_grad)
+
+    def progress(self) -> float:
+        """Training progress in epochs (optimizer steps taken / steps per epoch)."""
+        return self.scheduler.last_epoch / self.steps_per_epoch
+
+    def optimizer_step(self) -> None:
+        """Clip, step AdamW and the schedule, clear the gradients, clamp the loss's scale in place."""
+        if self.config.training.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.config.training.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.loss.clamp_()
+
+    def train_step(self, batch) -> torch.Tensor:
+        """One optimizer step on one micro-batch; the detached loss."""
+        loss = self.batch_loss(batch)
+        self.scaler.scale(loss).backward()
+        self.optimizer_step()
+        return loss.detach()
+
+    def train_epoch(self, epoch: int, max_batches: int | None = None) -> float:
+        """Mean micro-batch loss of one epoch (or of its first `max_batches` micro-batches)."""
+        accumulate = self.config.training.accumulation_steps
+        self.model.train(), self.loss.train()
+        count = self.micro_batches if max_batches is None else min(max_batches, self.micro_batches)
+        batches = islice(self.epoch_batches(epoch), count)
+        total = torch.zeros((), device=self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        for index, batch in enumerate(tqdm(batches, total=count, desc=f"epoch {epoch}", leave=False, disable=None)):
+            group_start = index - index % accumulate
+            group = min(accumulate, count - group_start)
+            loss = self.batch_loss(batch)
+            self.scaler.scale(loss / group).backward()
+            total += loss.detach()
+            if index + 1 - group_start == group:
+                self.optimizer_step()
+        mean = total.item() / count
+        if not math.isfinite(mean):
+            raise NonFiniteLoss(f"epoch {epoch}: training loss is {mean}")
+        return mean
+
+    def evaluate(self, split: SplitTensors) -> dict:
+        """Retrieval metrics of `split` (fp32 embeddings)."""
+        image, text = self.embed(split)
+        return retrieval_metrics(image, text, split.caption_image_index.to(image.device))
+
+    def run(self, on_epoch_end: Callable[[int, dict], None] | None = None) -> TrainResult:
+        """Train until `num_epochs` or early stopping; `on_epoch_end(epoch, record)` may raise to stop."""
+        t, start = self.config.training, time.perf_counter()
+        writer = self.open_tensorboard()
+        try:
+            while self.epoch < t.num_epochs and self.bad_epochs < t.patience:
+                epoch_start = time.perf_counter()
+                train_loss = self.train_epoch(self.epoch)
+                metrics = self.evaluate(self.val)
+                lr = self.optimizer.param_groups[0]["lr"]
+                seconds = time.perf_counter() - epoch_start
+                record = epoch_record(self.epoch, train_loss, metrics, lr, self.loss.scale().item(), seconds)
+                self.end_epoch(record, writer)
+                if on_epoch_end is not None:
+                    on_epoch_end(record["epoch"], record)
+        finally:
+            if writer is not None:
+                writer.close()
+        return TrainResult(self.best_rsum, self.best_epoch, self.epoch, self.history, time.perf_counter() - start)
+
+    def end_epoch(self, record: dict, writer=None) -> None:
+        """Book-keeping after an epoch: history, early-stopping state, checkpoints, the epoch line, TensorBoard."""
+        self.history.append(record)
+        improved = record["val_rsum"] > self.best_rsum
+        if improved:
+            self.best_rsum, self.best_epoch, self.bad_epochs = record["val_rsum"], self.epoch, 0
+        elif self.epoch >= self.config.training.min_epochs:
+            self.bad_epochs += 1
+        self.epoch += 1
+        if self.rank != 0:
+            return
+        if self.log_epochs:
+            tqdm.write(self.epoch_line(record))
+        if writer is not None:
+            for key, value in record.items():
+                if key != "epoch":
+                    writer.add_scalar(key, value, record["epoch"])
+        if self.out_dir is not None:
+            self.save(improved)
+
+    def epoch_line(self, record: dict) -> str:
+        return (
+            f"epoch {record['epoch'] + 1}/{self.config.training.num_epochs}  loss {record['train_loss']:.4f}  "
+            f"val rsum {record['val_rsum']:.1f}  R@1 i2t/t2i {record['val_i2t_R@1']:.1f}/{record['val_t2i_R@1']:.1f}  "
+            f"{record['seconds']:.1f} s"
+        )
+
+    def open_tensorboard(self):
+        if not self.config.training.tensorboard or self.out_dir is None or self.rank != 0:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(self.out_dir / "tensorboard"))
+
+    def save(self, improved: bool) -> None:
+        """best.pt (when improved), last.pt (resumable), history.jsonl, and the curves every CURVES_INTERVAL_S."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if improved:
+            save_checkpoint({**self.checkpoint(), "val_rsum": self.best_rsum}, self.out_dir / "best.pt")
+        save_checkpoint({**self.checkpoint(), **resumable_state(self)}, self.out_dir / "last.pt")
+        (self.out_dir / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        if time.monotonic() - self.curves_at >= CURVES_INTERVAL_S:
+            training_curves(self.history, self.out_dir / "training_curves.png")
+            self.curves_at = time.monotonic()
+
+    def resume(self) -> None:
+        """Continue from `out_dir/last.pt`: same weights, optimizer, schedule, queues, RNG and history."""
+        path = self.out_dir / "last.pt"
+        state = load_checkpoint(path, self.device)
+        self.load_weights(state, path)
+        restore_resumable_state(self, state, path)
+
+    def load_best(self) -> None:
+        """The weights of `out_dir/best.pt` (the best validation epoch)."""
+        path = self.out_dir / "best.pt"
+        self.load_weights(load_checkpoint(path, self.device), path)
