@@ -10,13 +10,13 @@ import datetime
 import fcntl
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from encoding.atomic import atomic_target, write_atomic
 from encoding.errors import BadInput
 
 FORMAT = "xalign-cache"
@@ -93,8 +93,7 @@ def sha256_of(path: Path) -> str:
 def write_shard(cache_dir: Path, index: int, data: ShardData, dtype: str = "float16") -> dict:
     """Write shard `index` atomically (temp name, then rename); returns its metadata entry."""
     final = Path(cache_dir) / shard_name(index)
-    tmp = final.with_name(final.name + ".tmp")  # a killed run's leftover is overwritten
-    with h5py.File(tmp, "w", track_order=False) as f:
+    with atomic_target(final) as tmp, h5py.File(tmp, "w", track_order=False) as f:
         images = f.create_group("images")
         images.create_dataset("ids", data=np.asarray(data.image_ids, dtype=object), dtype=_STR)
         images.create_dataset("embeddings", data=np.asarray(data.image_embeddings, dtype=dtype))
@@ -110,7 +109,6 @@ def write_shard(cache_dir: Path, index: int, data: ShardData, dtype: str = "floa
         captions.create_dataset("embeddings", data=np.asarray(data.caption_embeddings, dtype=dtype))
         captions.create_dataset("text", data=np.asarray(data.caption_text, dtype=object), dtype=_STR)
         f.attrs["skipped"] = json.dumps(data.skipped or [])
-    os.replace(tmp, final)
     return {
         "index": index,
         "file": final.name,
@@ -134,10 +132,43 @@ def read_metadata(cache_dir: Path) -> dict:
     return meta
 
 
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
+def _write_json(path: Path, payload: dict) -> None:
+    write_atomic(path, json.dumps(payload, indent=2))
+
+
+def _field(meta: dict, key: str):
+    """`meta["a"]["b"]` for the key `"a.b"`; None where an entry is missing."""
+    value = meta
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _difference(key: str, stored, wanted) -> tuple[str, object, object] | None:
+    """(dotted key, stored value, wanted value) of the first difference, inside nested dicts; None if equal."""
+    if stored == wanted:
+        return None
+    if isinstance(stored, dict) and isinstance(wanted, dict):
+        sub = next(k for k in [*wanted, *stored] if k not in stored or k not in wanted or stored[k] != wanted[k])
+        inner = (f"{key}.{sub}", stored.get(sub), wanted.get(sub))
+        return _difference(*inner) or inner  # `or`: a key missing on one side and None on the other
+    return key, stored, wanted
+
+
+def check_header(cache_dir: Path, meta: dict, expected: dict) -> None:
+    """Refuse (`BadInput`) a cache whose `meta` differs from `expected`, naming the innermost differing key.
+
+    A dotted key in `expected` compares one field of a nested entry (`"image_model.spec"`), so a
+    request can be checked against a cache before any model is loaded.
+    """
+    for key, value in json.loads(json.dumps(expected)).items():  # compare as stored: tuples become lists
+        difference = _difference(key, _field(meta, key), value)
+        if difference is not None:
+            where, stored, wanted = difference
+            raise BadInput(
+                f"{Path(cache_dir) / METADATA}: this cache was built with {where}={json.dumps(stored)}, "
+                f"not {json.dumps(wanted)}; use another --out directory"
+            )
 
 
 @contextlib.contextmanager
@@ -158,22 +189,16 @@ def init_metadata(cache_dir: Path, header: dict, skipped: list[dict] | None = No
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    header = json.loads(json.dumps(header))  # compare as stored: tuples become lists
     with _locked(cache_dir):
         path = cache_dir / METADATA
         if path.exists():
             meta = read_metadata(cache_dir)
-            for key, value in header.items():
-                if meta.get(key) != value:
-                    raise BadInput(
-                        f"{path}: this cache was built with {key}={json.dumps(meta.get(key))}, "
-                        f"not {json.dumps(value)}; use another --out directory"
-                    )
+            check_header(cache_dir, meta, header)
             return meta
         meta = {
             "format": FORMAT,
             "version": VERSION,
-            **header,
+            **json.loads(json.dumps(header)),
             "num_images": 0,
             "num_captions": 0,
             "shards": [],
@@ -181,7 +206,7 @@ def init_metadata(cache_dir: Path, header: dict, skipped: list[dict] | None = No
             "complete": False,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
-        _write_json_atomic(path, meta)
+        _write_json(path, meta)
         return meta
 
 
@@ -197,7 +222,7 @@ def record_shard(cache_dir: Path, entry: dict) -> dict:
         skipped = [s for s in meta["skipped"] if s.get("shard") != entry["index"]]
         meta["skipped"] = skipped + [{**s, "shard": entry["index"]} for s in entry["skipped"]]
         meta["complete"] = len(meta["shards"]) == meta["num_shards"]
-        _write_json_atomic(Path(cache_dir) / METADATA, meta)
+        _write_json(Path(cache_dir) / METADATA, meta)
         return meta
 
 
@@ -266,4 +291,4 @@ def read_splits(cache_dir: Path) -> dict:
 
 
 def write_splits(cache_dir: Path, splits: dict) -> None:
-    _write_json_atomic(Path(cache_dir) / SPLITS, splits)
+    _write_json(Path(cache_dir) / SPLITS, splits)

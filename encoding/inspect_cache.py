@@ -1,6 +1,5 @@
-"""`xalign inspect DIR`: counts, dims, models, splits and skipped items; verifies every shard's sha256."""
+"""What `xalign inspect DIR` prints: counts, dims, models, splits and skipped items, and every shard's sha256 check."""
 
-import argparse
 import json
 from pathlib import Path
 
@@ -43,14 +42,10 @@ def verify_shards(cache_dir: Path, meta: dict) -> list[str]:
     return bad
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="xalign inspect", description=__doc__)
-    p.add_argument("cache", type=Path)
-    args = p.parse_args(argv)
-    meta = cache.read_metadata(args.cache)
-    print("\n".join(summary(args.cache, meta)))
-    bad = verify_shards(args.cache, meta)
-    for line in bad:
-        print(f"CORRUPT: {line}")
-    print(f"shards      {len(meta['shards']) - len(bad)}/{len(meta['shards'])} verified (sha256)")
-    return 1 if bad else 0
+def report(cache_dir: Path) -> tuple[list[str], list[str]]:
+    """(lines to print: the summary, one `CORRUPT:` line per bad shard, the verified count; the bad shards)."""
+    meta = cache.read_metadata(cache_dir)
+    bad = verify_shards(cache_dir, meta)
+    lines = summary(cache_dir, meta) + [f"CORRUPT: {line}" for line in bad]
+    lines.append(f"shards      {len(meta['shards']) - len(bad)}/{len(meta['shards'])} verified (sha256)")
+    return lines, bad

@@ -4,6 +4,7 @@ import contextlib
 import datetime
 import importlib.metadata
 import os
+import time
 
 import torch
 
@@ -12,16 +13,24 @@ from encoding.errors import BadInput
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) without it.
+def torchrun_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's RANK / WORLD_SIZE / LOCAL_RANK; (0, 1, 0) without them.
 
-    With more than one process a gloo process group is started (used only for a final barrier:
-    ranks share no tensors, each encodes its own shards).
+    Reads the environment only; no process group is started.
     """
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    env = os.environ
+    return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+
+
+def distributed() -> tuple[int, int, int]:
+    """`torchrun_env()`, with a gloo process group started when there is more than one process.
+
+    The group is used only for a final barrier: ranks share no tensors, each encodes its own shards.
+    """
+    rank, world, local_rank = torchrun_env()
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(days=3))  # ranks may finish hours apart
-    return rank, world, int(os.environ.get("LOCAL_RANK", 0))
+    return rank, world, local_rank
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -53,6 +62,21 @@ def autocast(device: torch.device, precision: str):
     if device.type == "cuda" and precision != "fp32":
         return torch.autocast("cuda", dtype=PRECISIONS[precision])
     return contextlib.nullcontext()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (`torch.cuda.synchronize` on CUDA; a no-op elsewhere), for timing."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(run, device: torch.device) -> float:
+    """Seconds `run()` takes, the device's queued work included."""
+    synchronize(device)
+    start = time.perf_counter()
+    run()
+    synchronize(device)
+    return time.perf_counter() - start
 
 
 def library_versions() -> dict:

@@ -1,12 +1,11 @@
-"""`xalign split`: image-level, leakage-free train/val/test/tuning splits written to `splits.json`.
+"""Image-level, leakage-free train/val/test/tuning splits of a cache, written to `splits.json`.
 
+`split_cache(DIR, ...)` is `xalign split DIR ...` as a library call; `verify(DIR)` lists leaks.
 Every caption follows its image. Images with identical decoded pixels (duplicates under different
-ids, as COCO and Flickr30k have) form one group and always land in the same split. `--tuning N`
-is a random subset of N *images* of train (all their captions come with them).
+ids, as COCO and Flickr30k have) form one group and always land in the same split. The tuning
+subset is N random *images* of train (all their captions come with them).
 """
 
-import argparse
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -66,22 +65,22 @@ def random_split(ids, groups, val: float, test: float, seed: int) -> dict:
 def predefined_split(ids, dataset_splits, groups) -> dict:
     """The dataset's own split (Karpathy, COCO files, CIFAR train/test); restval counts as train.
 
-    A duplicate group spread over several predefined splits is moved whole to the first of
-    test, val, train it touches, so no test image has a twin in train.
+    A duplicate group spread over several predefined splits moves whole to the highest-priority
+    split any member is in (test > val > train), so no test image has a twin in val or train.
     """
     unknown = sorted(set(dataset_splits) - set(PREDEFINED_ALIASES))
     if unknown:
         raise BadInput(f"dataset split names {unknown} are not one of {sorted(PREDEFINED_ALIASES)}")
-    names = np.array([PREDEFINED_ALIASES[s] for s in dataset_splits], dtype=object)
-    for name in ("test", "val"):
-        in_split = set(np.asarray(groups)[names == name])
-        names[np.isin(groups, list(in_split)) & (names == "train")] = name
-    return {name: [i for i, n in zip(ids, names) if n == name] for name in SPLIT_NAMES}
+    priority = ("test", "val", "train")
+    home: dict[str, str] = {}
+    for group, name in zip(groups, (PREDEFINED_ALIASES[s] for s in dataset_splits)):
+        if group not in home or priority.index(name) < priority.index(home[group]):
+            home[group] = name
+    return {name: [i for i, group in zip(ids, groups) if home[group] == name] for name in SPLIT_NAMES}
 
 
-def verify(cache_dir: Path) -> list[str]:
-    """Problems with `splits.json` (empty list when the split is leak-free)."""
-    splits, index = cache.read_splits(cache_dir), read_image_index(cache_dir)
+def find_leaks(splits: dict, index: dict[str, np.ndarray]) -> list[str]:
+    """Problems with `splits` (a splits.json payload) over the cache `index` (empty when leak-free)."""
     problems = []
     known = set(index["ids"])
     seen: dict[str, str] = {}
@@ -109,50 +108,44 @@ def verify(cache_dir: Path) -> list[str]:
     return problems
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xalign split", description=__doc__)
-    p.add_argument("cache", type=Path)
-    p.add_argument("--val", type=float, default=0.1, help="fraction (< 1) or number of images")
-    p.add_argument("--test", type=float, default=0.1, help="fraction (< 1) or number of images")
-    p.add_argument("--tuning", type=int, default=0, help="images of train in the tuning subset")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--predefined", action="store_true", help="use the dataset's own split")
-    p.add_argument("--verify", action="store_true", help="check splits.json; exit 1 listing leaks")
-    return p
+def verify(cache_dir: Path) -> list[str]:
+    """Problems with the cache's `splits.json` (empty list when the split is leak-free)."""
+    return find_leaks(cache.read_splits(cache_dir), read_image_index(cache_dir))
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.verify:
-        problems = verify(args.cache)
-        for problem in problems:
-            print(f"LEAK: {problem}", file=sys.stderr)
-        print(f"{args.cache / cache.SPLITS}: {'leak-free' if not problems else f'{len(problems)} problems'}")
-        return 1 if problems else 0
-    index = read_image_index(args.cache)
+def split_cache(
+    cache_dir: Path, val: float = 0.1, test: float = 0.2, tuning: int = 0, seed: int = 0, predefined: bool = False
+) -> dict:
+    """Write `splits.json` (after checking it is leak-free) and return it; prints one summary line.
+
+    `val`/`test`: a fraction (< 1) or a number of images; `tuning`: images of train in the tuning
+    subset; `predefined`: the dataset's own split instead of a seeded random one.
+    """
+    cache_dir = Path(cache_dir)
+    index = read_image_index(cache_dir)
     groups = duplicate_groups(index)
-    if args.predefined:
+    if predefined:
         if "splits" not in index:
-            raise BadInput(f"{args.cache}: the dataset recorded no split of its own; drop --predefined")
+            raise BadInput(f"{cache_dir}: the dataset recorded no split of its own; drop --predefined")
         splits, method = predefined_split(index["ids"], index["splits"], groups), "predefined"
     else:
-        splits, method = random_split(index["ids"], groups, args.val, args.test, args.seed), "random"
-    if args.tuning > len(splits["train"]):
-        raise BadInput(f"--tuning {args.tuning}: train has only {len(splits['train'])} images")
-    rng = np.random.default_rng(args.seed + 1)
-    tuning = sorted(rng.choice(sorted(splits["train"]), size=args.tuning, replace=False)) if args.tuning else []
+        splits, method = random_split(index["ids"], groups, val, test, seed), "random"
+    if tuning > len(splits["train"]):
+        raise BadInput(f"--tuning {tuning}: train has only {len(splits['train'])} images")
+    rng = np.random.default_rng(seed + 1)
+    chosen = sorted(rng.choice(sorted(splits["train"]), size=tuning, replace=False)) if tuning else []
     payload = {
-        "seed": args.seed,
+        "seed": seed,
         "method": method,
         "duplicates": "pixel_sha1" if "pixel_sha1" in index else "none",
         "tuning_unit": "images",
         **{name: sorted(splits[name]) for name in SPLIT_NAMES},
-        "tuning": [str(t) for t in tuning],
+        "tuning": [str(t) for t in chosen],
     }
-    cache.write_splits(args.cache, payload)
-    problems = verify(args.cache)
+    problems = find_leaks(payload, index)
     if problems:  # cannot happen by construction; a guard for future split methods
-        raise RuntimeError(f"split is not leak-free: {problems[:5]}")
+        raise RuntimeError(f"{cache_dir / cache.SPLITS} not written: the split is not leak-free: {problems[:5]}")
+    cache.write_splits(cache_dir, payload)
     counts = ", ".join(f"{name} {len(payload[name])}" for name in (*SPLIT_NAMES, "tuning"))
-    print(f"{args.cache / cache.SPLITS}: {method} split, {counts} images")
-    return 0
+    print(f"{cache_dir / cache.SPLITS}: {method} split, {counts} images")
+    return payload

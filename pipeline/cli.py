@@ -11,9 +11,9 @@ from encoding.errors import BadInput
 
 COMMANDS = {
     "demo": ("pipeline.commands.demo", "the main job on the embedded demo: encode, split, train, evaluate, plot"),
-    "encode": ("encoding.encode", "encode a dataset with frozen backbones into a cache"),
-    "inspect": ("encoding.inspect_cache", "summarise a cache and verify its shards"),
-    "split": ("encoding.split", "write or verify leakage-free image-level splits"),
+    "encode": ("encoding.commands.encode", "encode a dataset with frozen backbones into a cache"),
+    "inspect": ("encoding.commands.inspect", "summarise a cache and verify its shards"),
+    "split": ("encoding.commands.split", "write or verify leakage-free image-level splits"),
     "train": ("pipeline.commands.train", "train a head pair from a YAML config"),
     "evaluate": ("pipeline.commands.evaluate", "retrieval metrics of a run or of a cache"),
     "tune": ("pipeline.commands.tune", "resumable Optuna sweep"),

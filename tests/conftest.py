@@ -76,7 +76,7 @@ def write_synthetic_cache(
 @pytest.fixture
 def synthetic_cache(tmp_path) -> Path:
     """A 60-image synthetic cache (1-3 captions per image) with a random 40/10/10 split."""
-    from encoding import split
+    from encoding.commands import split
 
     path = write_synthetic_cache(tmp_path / "cache")
     assert split.main([str(path), "--val", "10", "--test", "10", "--tuning", "20", "--seed", "0"]) == 0
@@ -86,7 +86,7 @@ def synthetic_cache(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def demo_cache(tmp_path_factory) -> Path:
     """A real cache of 80 demo scenes: timm ResNet-18 (random init, 32 px) + the real MiniLM, split 56/12/12."""
-    from encoding import encode, split
+    from encoding.commands import encode, split
 
     root = tmp_path_factory.mktemp("demo")
     out = root / "cache"

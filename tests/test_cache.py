@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from conftest import write_synthetic_cache
 
-from encoding import cache, split
+from encoding import cache
+from encoding.commands import split
 from encoding.errors import BadInput
 from pipeline.data import load_splits
 

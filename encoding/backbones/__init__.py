@@ -6,7 +6,6 @@ An image backbone has `dim`, `preprocess(PIL.Image) -> (C, H, W) tensor`, `encod
 A spec with no known prefix is a path to an image-encoder checkpoint written by this project.
 """
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -42,21 +41,5 @@ def load_text_backbone(spec: str, device: torch.device, **options):
     return TEXT_BACKBONES.get(prefix, key="--text-model")(name, device=device, spec=spec, **options)
 
 
-def weights_digest(path: Path) -> str:
-    """sha256 of a weights file, or of the sorted weight files of a directory (first 16 hex digits)."""
-    path = Path(path)
-    files = (
-        [path]
-        if path.is_file()
-        else sorted(p for p in path.rglob("*") if p.suffix in {".safetensors", ".bin", ".pt", ".pth", ".ckpt"})
-    )
-    digest = hashlib.sha256()
-    for file in files:
-        with open(file, "rb") as f:
-            for block in iter(lambda f=f: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 # Register the backbones.
-from encoding.backbones import checkpoint, decoder, hf, open_clip_models, sentence_transformers, timm_models  # noqa: E402,F401
+from encoding.backbones import decoder, hf, open_clip_models, sentence_transformers, timm_models, trained  # noqa: E402,F401

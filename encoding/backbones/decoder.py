@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from encoding.backbones import TEXT_BACKBONES, weights_digest
+from encoding.backbones import TEXT_BACKBONES
+from encoding.backbones.weights import weights_digest
 from encoding.errors import BadInput
 from encoding.runtime import PRECISIONS
 

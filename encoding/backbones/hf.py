@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from encoding.backbones import IMAGE_BACKBONES, TEXT_BACKBONES, weights_digest
+from encoding.backbones import IMAGE_BACKBONES, TEXT_BACKBONES
+from encoding.backbones.weights import weights_digest
 from encoding.errors import BadInput
 
 # How each family pads text: to the longest in the batch (CLIP) or to the position limit (SigLIP).

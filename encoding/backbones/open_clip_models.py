@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from encoding.backbones import IMAGE_BACKBONES, TEXT_BACKBONES, weights_digest
+from encoding.backbones import IMAGE_BACKBONES, TEXT_BACKBONES
+from encoding.backbones.weights import weights_digest
 from encoding.errors import BadInput
 
 SEED = 0

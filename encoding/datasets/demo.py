@@ -13,9 +13,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from encoding.atomic import write_atomic
 from encoding.datasets import DATASETS, ImageRecord
+from encoding.errors import BadInput
 
 SIZE = 64
+DEFAULT_IMAGES = 1500
+CAPTIONS = "captions.jsonl"
 COLOURS = {
     "red": (230, 40, 40),
     "green": (40, 200, 60),
@@ -50,12 +54,15 @@ def _paint(canvas: np.ndarray, alpha: np.ndarray, colour, x: int, y: int) -> Non
     region[:] = region * (1 - alpha[..., None]) + np.asarray(colour, np.float32) * alpha[..., None]
 
 
-def build_demo(root: Path, num_images: int = 1500, seed: int = 0) -> None:
-    """Write `num_images` scenes and their captions under `root` (skipped if already there)."""
+def build_demo(root: Path, num_images: int = DEFAULT_IMAGES, seed: int = 0) -> None:
+    """Write `num_images` scenes and their captions under `root` (skipped if already there).
+
+    `captions.jsonl` is written last, atomically: its presence means the scenes are complete.
+    """
     from sklearn.datasets import load_digits
 
     root = Path(root)
-    if (root / "captions.jsonl").is_file():
+    if (root / CAPTIONS).is_file():
         return
     digits = load_digits()
     rng = np.random.default_rng(seed)
@@ -84,17 +91,23 @@ def build_demo(root: Path, num_images: int = 1500, seed: int = 0) -> None:
         )
         captions = [template.format(**words) for template in TEMPLATES]
         rows.append({"image_id": image_id, "path": f"images/{image_id}.png", "label": int(d1), "captions": captions})
-    tmp = root / "captions.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    tmp.replace(root / "captions.jsonl")
-    (root / "classes.json").write_text(json.dumps(CLASS_NAMES))
+    write_atomic(root / "classes.json", json.dumps(CLASS_NAMES))
+    write_atomic(root / CAPTIONS, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 @DATASETS.register("demo")
-def read_demo(root: Path, annotations: Path | None = None, num_images: int = 1500, seed: int = 0) -> list[ImageRecord]:
-    """The demo scenes under `root`, generated there first if missing."""
-    build_demo(root, num_images=num_images, seed=seed)
-    rows = [json.loads(line) for line in (root / "captions.jsonl").read_text().splitlines()]
+def read_demo(
+    root: Path, annotations: Path | None = None, num_images: int | None = None, seed: int = 0
+) -> list[ImageRecord]:
+    """The demo scenes under `root`, generated there first if missing (`num_images`, default 1500).
+
+    A `num_images` that differs from the scenes already under `root` is `BadInput`; without it,
+    whatever `root` holds is read.
+    """
+    build_demo(root, num_images=DEFAULT_IMAGES if num_images is None else num_images, seed=seed)
+    rows = [json.loads(line) for line in (root / CAPTIONS).read_text().splitlines()]
+    if num_images is not None and len(rows) != num_images:
+        raise BadInput(f"{root}: holds {len(rows)} demo scenes, not num_images={num_images}; use another --root")
     return [
         ImageRecord(image_id=r["image_id"], path=str(root / r["path"]), captions=r["captions"], label=r["label"])
         for r in rows

@@ -10,7 +10,7 @@ raise `BadInput` naming the key.
 import dataclasses
 from dataclasses import dataclass, field
 
-from encoding.backbones.checkpoint import POOLINGS, TRUNKS
+from encoding.backbones.image_encoder import POOLINGS, TRUNKS
 from encoding.errors import BadInput
 from pipeline import losses
 from pipeline.config import DataConfig, TrainingConfig, build_dataclass
@@ -64,7 +64,7 @@ class BackboneConfig:
         return dataclasses.asdict(self)
 
     def architecture(self, output_dim: int) -> dict:
-        """What `encoding.backbones.checkpoint.build_image_encoder` needs to rebuild the encoder."""
+        """What `encoding.backbones.image_encoder.build_image_encoder` needs to rebuild the encoder."""
         model = {k: v for k, v in dataclasses.asdict(self.model).items() if k != "learnable_temp"}
         return {**model, "output_dim": output_dim}
 

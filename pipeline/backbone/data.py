@@ -7,7 +7,7 @@ the same whatever the number of workers, and a resumed run sees exactly what an 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from encoding.backbones.checkpoint import eval_transform, image_size_hw
+from encoding.backbones.image_encoder import eval_transform, image_size_hw
 from encoding.datasets import open_image
 from pipeline.backbone.config import AugmentConfig, BackboneModelConfig
 

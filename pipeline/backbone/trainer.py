@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from encoding.backbones.checkpoint import CHECKPOINT_FORMAT, ImageEncoder, eval_transform
+from encoding.backbones.image_encoder import CHECKPOINT_FORMAT, ImageEncoder, eval_transform
 from encoding.errors import BadInput
 from encoding.runtime import autocast
 from pipeline import losses

@@ -22,8 +22,8 @@ from PIL import Image
 from encoding import cache
 from encoding.backbones import load_image_backbone
 from encoding.datasets import ImageRecord
-from encoding.encode import ImageFiles, collate, image_shards, shard_batches, to_device
-from encoding.runtime import autocast, resolve_device, resolve_precision
+from encoding.image_batches import ImageFiles, ShardPlan, collate, image_shards, to_device
+from encoding.runtime import autocast, resolve_device, resolve_precision, synchronize
 
 
 def write_jpegs(folder: Path, count: int, width: int, height: int) -> list[ImageRecord]:
@@ -41,29 +41,22 @@ def write_jpegs(folder: Path, count: int, width: int, height: int) -> list[Image
     return records
 
 
-class _Progress:
-    def update(self, _count: int) -> None:
-        pass
-
-
-def run_pipeline(records, model, args, device, precision, out: Path) -> float:
+def run_pipeline(records, model, plan: ShardPlan, device, precision, out: Path) -> float:
     """Seconds for decode → preprocess → forward → write of every record, in shards of `--shard-size`."""
     start = time.perf_counter()
-    shards = list(range(-(-len(records) // args.shard_size)))
-    for index, kept, embeddings, hashes, _ in image_shards(
-        records, shards, model, args, device, precision, _Progress()
-    ):
+    shards = list(range(plan.num_shards(len(records))))
+    for shard in image_shards(records, shards, model, plan, device, precision):
         data = cache.ShardData(
-            image_ids=[records[i].image_id for i in kept],
-            image_embeddings=embeddings.numpy(),
-            image_paths=[records[i].path for i in kept],
+            image_ids=[records[i].image_id for i in shard.kept],
+            image_embeddings=shard.embeddings.numpy(),
+            image_paths=[records[i].path for i in shard.kept],
             caption_image_ids=[],
             caption_embeddings=np.zeros((0, 1), np.float32),
             caption_text=[],
-            image_pixel_sha1=hashes,
+            image_pixel_sha1=shard.sha1s,
         )
-        cache.write_shard(out, index, data)
-    _synchronize(device)
+        cache.write_shard(out, shard.index, data)
+    synchronize(device)
     return time.perf_counter() - start
 
 
@@ -74,13 +67,8 @@ def run_forward(batches, model, device, precision) -> float:
         with autocast(device, precision):
             features = model.encode(to_device(pixels, device))
         F.normalize(features.float(), dim=-1).cpu()
-    _synchronize(device)
+    synchronize(device)
     return time.perf_counter() - start
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,15 +98,14 @@ def main(argv=None) -> int:
         (tmp / "cache").mkdir()
         records = write_jpegs(tmp / "images", args.images, args.width, args.width * 3 // 4)
         decoded = ImageFiles(records, model.preprocess)
-        batches = [
-            collate([decoded[i] for i in batch])[1]
-            for batch in shard_batches([0], len(records), len(records), args.batch_size)
-        ]
+        one_shard = ShardPlan(shard_size=len(records), batch_size=args.batch_size)
+        batches = [collate([decoded[i] for i in batch]).pixels for batch in one_shard.batches([0], len(records))]
+        plan = ShardPlan(args.shard_size, args.batch_size, args.num_workers)
         run_forward(batches[:2], model, device, precision)  # warm-up
-        run_pipeline(records[: 2 * args.batch_size], model, args, device, precision, tmp / "cache")  # warm-up
+        run_pipeline(records[: 2 * args.batch_size], model, plan, device, precision, tmp / "cache")  # warm-up
         pipeline_s, forward_s = float("inf"), float("inf")
         for _ in range(max(1, args.repeats)):
-            pipeline_s = min(pipeline_s, run_pipeline(records, model, args, device, precision, tmp / "cache"))
+            pipeline_s = min(pipeline_s, run_pipeline(records, model, plan, device, precision, tmp / "cache"))
             forward_s = min(forward_s, run_forward(batches, model, device, precision))
     result = {
         "pipeline_images_per_s": round(len(records) / pipeline_s, 1),

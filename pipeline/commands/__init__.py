@@ -2,3 +2,16 @@
 
 Nothing imports these modules but `pipeline.cli`; the work is done by the library they call.
 """
+
+import argparse
+from pathlib import Path
+
+
+def training_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The arguments every training verb takes: CONFIG, --set, --resume, --overwrite."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("config", type=Path)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--resume", action="store_true", help="continue from results/<name>/last.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
+    return p

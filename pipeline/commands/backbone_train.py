@@ -17,6 +17,7 @@ from encoding.errors import BadInput
 from pipeline.backbone.bench import bench_training_step
 from pipeline.backbone.config import from_dict
 from pipeline.backbone.trainer import BackboneTrainer
+from pipeline.commands import training_parser
 from pipeline.config import load_config
 from pipeline.data import load_splits
 from pipeline.runs import prepare_run_dir, train_run
@@ -24,11 +25,7 @@ from pipeline.tables import metrics_table
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xalign backbone-train", description=__doc__)
-    p.add_argument("config", type=Path)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--resume", action="store_true", help="continue from results/<name>/last.pt")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
+    p = training_parser("xalign backbone-train", __doc__)
     p.add_argument("--bench", action="store_true", help="print training-step throughput as JSON; trains nothing")
     p.add_argument("--bench-steps", type=int, default=10, help="timed batches per loop with --bench")
     return p

@@ -6,8 +6,8 @@ trainable parameters, wall time, peak memory). Prints a line per epoch.
 """
 
 import argparse
-from pathlib import Path
 
+from pipeline.commands import training_parser
 from pipeline.config import load_config
 from pipeline.runs import prepare_run_dir, train_run
 from pipeline.tables import metrics_table
@@ -15,12 +15,7 @@ from pipeline.training.heads import HeadTrainer
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xalign train", description=__doc__)
-    p.add_argument("config", type=Path)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--resume", action="store_true", help="continue from results/<name>/last.pt")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
-    return p
+    return training_parser("xalign train", __doc__)
 
 
 def main(argv=None) -> int:

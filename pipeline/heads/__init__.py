@@ -27,6 +27,15 @@ class HeadOptions:
     learnable_temp: bool = True
 
 
+@dataclass(frozen=True)
+class ProjectionOptions(HeadOptions):
+    """Keys of heads with a hidden layer before the projection to `output_dim`."""
+
+    output_dim: int = 256
+    hidden_dim: int = 512
+    dropout: float = 0.1
+
+
 class HeadPair(nn.Module):
     """Two heads; `encode_image` (N, D_img) and `encode_text` (M, D_txt) give L2-normalised (·, output_dim)."""
 

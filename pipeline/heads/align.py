@@ -10,14 +10,12 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from pipeline.heads import HEADS, HeadOptions, HeadPair
+from pipeline.heads import HEADS, HeadPair, ProjectionOptions
 
 
 @dataclass(frozen=True)
-class AlignOptions(HeadOptions):
-    output_dim: int = 256
+class AlignOptions(ProjectionOptions):
     hidden_dim: int = 2048
-    dropout: float = 0.1
     use_bn: bool = True
 
 

@@ -14,17 +14,14 @@ import torch
 from torch import nn
 
 from encoding.errors import BadInput
-from pipeline.heads import HEADS, HeadOptions, HeadPair
+from pipeline.heads import HEADS, HeadPair, ProjectionOptions
 
 
 @dataclass(frozen=True)
-class AttentionOptions(HeadOptions):
-    output_dim: int = 256
-    hidden_dim: int = 512
+class AttentionOptions(ProjectionOptions):
     num_heads: int = 4
     num_layers: int = 2
     num_tokens: int = 8  # tokens each vector is split into (hidden_dim / num_tokens wide)
-    dropout: float = 0.1
 
 
 def token_width(hidden_dim: int, num_tokens: int, num_heads: int) -> int:

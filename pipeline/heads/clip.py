@@ -10,14 +10,12 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from pipeline.heads import HEADS, HeadOptions, HeadPair
+from pipeline.heads import HEADS, HeadPair, ProjectionOptions
 
 
 @dataclass(frozen=True)
-class ClipHeadOptions(HeadOptions):
-    output_dim: int = 256
-    hidden_dim: int = 512
-    dropout: float = 0.1
+class ClipHeadOptions(ProjectionOptions):
+    """output_dim, hidden_dim, dropout."""
 
 
 def clip_head(input_dim: int, hidden_dim: int, output_dim: int, dropout: float) -> nn.Sequential:

@@ -10,15 +10,12 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from pipeline.heads import HEADS, HeadOptions, HeadPair
+from pipeline.heads import HEADS, HeadPair, ProjectionOptions
 
 
 @dataclass(frozen=True)
-class MLPOptions(HeadOptions):
-    output_dim: int = 256
-    hidden_dim: int = 512
+class MLPOptions(ProjectionOptions):
     num_layers: int = 1
-    dropout: float = 0.1
     residual: bool = False  # FuseMix residual blocks instead of plain layers
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from backbone_configs import TINY_RESNET, TINY_VIT, one_torch_thread, write_config  # noqa: F401 (autouse fixture)
 
-from encoding import cache, encode, split
+from encoding import cache
+from encoding.commands import encode, split
 from encoding.datasets import DATASETS
 from pipeline.commands import backbone_train
 

@@ -8,7 +8,7 @@ from backbone_configs import TINY_VIT, one_torch_thread  # noqa: F401 (autouse f
 from PIL import Image
 
 from encoding.backbones import load_image_backbone
-from encoding.backbones.checkpoint import AttentionPooling, build_image_encoder
+from encoding.backbones.image_encoder import AttentionPooling, build_image_encoder
 from encoding.errors import BadInput
 from pipeline.backbone.config import from_dict
 from pipeline.backbone.data import SplitImages, image_loader, train_transform

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from backbone_configs import TINY_RESNET, TINY_VIT, one_torch_thread, write_config  # noqa: F401 (autouse fixture)
 
-from encoding import cache, split
-from encoding.backbones.checkpoint import build_image_encoder, eval_transform
+from encoding import cache
+from encoding.backbones.image_encoder import build_image_encoder, eval_transform
+from encoding.commands import split
 from encoding.datasets import open_image
 from pipeline import cli
 from pipeline.backbone.trainer import BackboneTrainer

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from encoding.backbones import load_image_backbone, load_text_backbone
-from encoding.encode import collate
 from encoding.errors import BadInput
+from encoding.image_batches import DecodedImage, collate
 
 CPU = torch.device("cpu")
 TEXTS = ["a red cat sitting on the grass", "the dog", "a small photo of a large blue table on the grass"]
@@ -24,8 +24,8 @@ def images():
 
 def image_embeddings(backbone, pictures) -> torch.Tensor:
     """Through the encoder's own path: preprocess per image, collate, encode, L2-normalise."""
-    _, pixels, _, _ = collate([(i, backbone.preprocess(p), "", None) for i, p in enumerate(pictures)])
-    return F.normalize(backbone.encode(pixels), dim=-1)
+    batch = collate([DecodedImage(i, backbone.preprocess(p), "") for i, p in enumerate(pictures)])
+    return F.normalize(backbone.encode(batch.pixels), dim=-1)
 
 
 def close(a, b):

@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from dataset_files import caption, write_corrupt, write_image
 from PIL import Image
 
-from encoding import cache, encode, inspect_cache
+from encoding import cache
+from encoding.commands import encode
+from encoding.commands import inspect as inspect_command
 from pipeline import cli
 
 MINILM = "st:sentence-transformers/all-MiniLM-L6-v2"
@@ -135,7 +137,7 @@ def test_rerun_with_other_spec_dataset_or_plan_is_refused_with_exit_2(dataset, r
         assert cli.main(["encode", *args]) == 2
         assert f"cache was built with {change[0][2:].replace('-', '_')}" in capsys.readouterr().err
     assert cli.main(["encode", *argv(root, rows, reference, "--text-prefix", "query: ")]) == 2
-    assert "cache was built with text_model=" in capsys.readouterr().err  # the prefix is part of the text model
+    assert "cache was built with text_model.prefix=" in capsys.readouterr().err  # part of the text model
     assert cli.main(["encode", *argv(root, rows, reference)]) == 0  # the same command: nothing to do
 
 
@@ -144,13 +146,13 @@ def test_inspect_verifies_every_shard(reference, tmp_path, capsys):
 
     copy = tmp_path / "copy"
     shutil.copytree(reference, copy)
-    assert inspect_cache.main([str(copy)]) == 0
+    assert inspect_command.main([str(copy)]) == 0
     out = capsys.readouterr().out
     assert "4/4 verified (sha256)" in out and "bad_text" in out
     data = bytearray((copy / "shard-00002.h5").read_bytes())
     data[-10] ^= 0xFF
     (copy / "shard-00002.h5").write_bytes(bytes(data))
-    assert inspect_cache.main([str(copy)]) == 1
+    assert inspect_command.main([str(copy)]) == 1
     assert "CORRUPT: " in (out := capsys.readouterr().out) and "shard-00002.h5: sha256 differs" in out
 
 

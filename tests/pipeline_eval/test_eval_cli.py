@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from conftest import write_synthetic_cache
 
-from encoding import cache, split
+from encoding import cache
+from encoding.commands import split
 from pipeline import cli
 from pipeline.data import load_splits
 from pipeline.evaluation import load_run

@@ -8,7 +8,7 @@ import torch
 from conftest import write_synthetic_cache
 from PIL import Image
 
-from encoding import split
+from encoding.commands import split
 from pipeline import plots, report
 from pipeline.config import load_config
 from pipeline.runs import train_run

@@ -11,7 +11,7 @@ import yaml
 from conftest import write_synthetic_cache
 from tune_support import write_optuna_config
 
-from encoding import split
+from encoding.commands import split
 from pipeline import cli
 from pipeline.tuning.storage import default_url
 

@@ -1,25 +1,23 @@
-"""Image encoders trained end to end by `xalign backbone-train`, and loading one as a frozen backbone.
+"""The image encoder `xalign backbone-train` trains end to end: trunk → pooling → projection.
 
 An encoder is a trunk from timm or torchvision (chosen by name), a pooling over its final feature
 map (the trunk's own average / class-token pooling, or learned attention pooling) and a projection
 head into the text embedding space. `build_image_encoder(**architecture)` rebuilds one from the
-architecture dict a checkpoint stores, so `xalign encode --image-model PATH/best.pt` (or
-`checkpoint:PATH`) encodes with the trained encoder and the same eval preprocessing as training.
+architecture dict a checkpoint stores (`CHECKPOINT_FORMAT`); `encoding.backbones.trained` loads such
+a checkpoint as a frozen backbone for `xalign encode`.
 """
 
-from pathlib import Path
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from encoding.backbones import CHECKPOINT_PREFIX, IMAGE_BACKBONES, weights_digest
+from encoding.backbones.weights import load_trunk_weights
 from encoding.errors import BadInput
 from encoding.registry import Registry
 
 TRUNKS = Registry("backbone library")
 POOLINGS = Registry("pooling")
 CHECKPOINT_FORMAT = "xalign-backbone"
+_WEIGHTS_KEY = "config key 'model.weights'"
 
 
 def image_size_hw(size) -> tuple[int, int]:
@@ -39,19 +37,6 @@ def eval_transform(image_size, mean, std):
             transforms.Normalize(list(mean), list(std)),
         ]
     )
-
-
-def load_trunk_weights(model: nn.Module, path: str) -> None:
-    """Load a local state dict into `model`; classifier weights may be extra, nothing may be missing."""
-    if not Path(path).is_file():
-        raise BadInput(f"config key 'model.weights': file '{path}' not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    try:
-        missing = model.load_state_dict(state, strict=False).missing_keys
-    except RuntimeError as err:
-        raise BadInput(f"config key 'model.weights': '{path}' does not fit this architecture ({err})") from err
-    if missing:
-        raise BadInput(f"config key 'model.weights': '{path}' lacks weights of this architecture, e.g. {missing[:3]}")
 
 
 @TRUNKS.register("timm")
@@ -74,7 +59,7 @@ class TimmTrunk(nn.Module):
                 raise BadInput(f"config key 'model.options': timm '{arch}' rejects {sorted(kwargs)} ({err})") from err
             self.model = self._create_without_size(timm, arch, pretrained, kwargs)
         if weights:
-            load_trunk_weights(self.model, weights)
+            load_trunk_weights(self.model, weights, _WEIGHTS_KEY)
 
     @staticmethod
     def _create_without_size(timm, arch: str, pretrained: bool, kwargs: dict) -> nn.Module:
@@ -105,7 +90,7 @@ class TorchvisionTrunk(nn.Module):
             raise BadInput("config key 'model.patch_size': only timm ViTs take a patch size")
         model = torchvision.models.get_model(arch, weights="DEFAULT" if pretrained else None, **(options or {}))
         if weights:
-            load_trunk_weights(model, weights)
+            load_trunk_weights(model, weights, _WEIGHTS_KEY)
         children = list(model.named_children())
         cut = next((i for i, (_, m) in enumerate(children) if isinstance(m, nn.AdaptiveAvgPool2d)), None)
         if cut is None:
@@ -196,63 +181,3 @@ class ImageEncoder(nn.Module):
 def build_image_encoder(**architecture) -> ImageEncoder:
     """The encoder an architecture dict describes (library, arch, image_size, output_dim, ..., mean, std)."""
     return ImageEncoder(**{**architecture, "pretrained": False, "weights": None})
-
-
-def read_checkpoint(path: Path, spec: str) -> dict:
-    """A `best.pt`/`last.pt` written by `xalign backbone-train`, or BadInput saying what it is not."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # not a torch file, or one holding arbitrary objects
-        raise BadInput(f"--image-model {spec}: '{path}' is not a readable torch checkpoint ({err})") from err
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise BadInput(f"--image-model {spec}: '{path}' is not an image-encoder checkpoint of `xalign backbone-train`")
-    return payload
-
-
-@IMAGE_BACKBONES.register(CHECKPOINT_PREFIX)
-class CheckpointImage:
-    """A trained encoder from a `xalign backbone-train` checkpoint: embeddings are its projections (dim = text dim)."""
-
-    def __init__(self, name: str, device: torch.device, spec: str, image_size: int | None = None):
-        path = Path(name)
-        if not path.is_file():
-            raise BadInput(f"--image-model {spec}: checkpoint '{path}' not found")
-        payload = read_checkpoint(path, spec)
-        self.architecture = payload["architecture"]
-        if image_size is not None and image_size_hw(image_size) != image_size_hw(self.architecture["image_size"]):
-            raise BadInput(
-                f"--image-size {image_size}: '{path}' was trained at size {self.architecture['image_size']}; omit it"
-            )
-        self.model = build_image_encoder(**self.architecture)
-        self.model.load_state_dict(payload["encoder"])
-        self.model.eval().to(device)
-        self.spec, self.device, self.weights = spec, device, weights_digest(path)
-        self.transform = eval_transform(
-            self.architecture["image_size"], self.architecture["mean"], self.architecture["std"]
-        )
-        self.dim = self.architecture["output_dim"]
-
-    def preprocess(self, image) -> torch.Tensor:
-        """PIL image → (3, H, W): the training run's eval preprocessing."""
-        return self.transform(image.convert("RGB"))
-
-    @torch.inference_mode()
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) → (B, dim), L2-normalised."""
-        return F.normalize(self.model(pixels.to(self.device)).float(), dim=-1)
-
-    def describe(self) -> dict:
-        arch = self.architecture
-        return {
-            "spec": self.spec,
-            "dim": self.dim,
-            "library": f"xalign-backbone ({arch['library']}:{arch['arch']})",
-            "weights": self.weights,
-            "architecture": {k: v for k, v in arch.items() if k not in ("mean", "std")},
-            "preprocess": {
-                "image_size": list(image_size_hw(arch["image_size"])),
-                "resize": "exact, bilinear",
-                "mean": list(arch["mean"]),
-                "std": list(arch["std"]),
-            },
-        }
