@@ -1,4 +1,5 @@
-"""The engine: every shipped head config trains, seeded runs repeat, and --resume continues exactly."""
+"""Head training: every file in configs/heads/ trains with `xalign train`, seeded runs repeat, and --resume
+continues exactly."""
 
 import json
 from pathlib import Path
@@ -12,7 +13,7 @@ from pipeline.data import load_splits
 from pipeline.training.heads import HeadTrainer
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "heads"
-HEAD_CONFIGS = ["mlp_baseline", "attention", "cross_modal", "siglip", "clip", "align", "blip"]
+HEAD_CONFIGS = sorted(path.stem for path in CONFIGS.glob("*.yaml"))  # the README's loop: every file trains
 TINY = ["training.num_epochs=2", "training.batch_size=16", "training.device=cpu", "model.output_dim=16"]
 QUEUE = {"blip": ["loss.queue_size=32"]}
 
