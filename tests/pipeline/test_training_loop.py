@@ -62,14 +62,17 @@ def test_a_scale_pushed_past_the_bound_is_clamped_in_place_and_recovers():
     assert loss.logit_scale.item() < math.log(100.0) - 0.1
 
 
+def _train_cli(tmp_path, cache, name: str, sections: str) -> int:
+    """`xalign train` on a tiny mlp config named `name`, with extra YAML `sections`."""
+    config = tmp_path / "c.yaml"
+    config.write_text(f"name: {name}\ndata: {{cache: {cache}}}\nmodel: {{output_dim: 8, hidden_dim: 16}}\n{sections}")
+    return cli.main(["train", str(config)])
+
+
 def test_a_run_started_at_temperature_0001_ends_with_scale_at_most_100(synthetic_cache, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        f"name: hot\ndata: {{cache: {synthetic_cache}}}\nmodel: {{output_dim: 8, hidden_dim: 16}}\n"
-        "loss: {temperature: 0.001}\ntraining: {num_epochs: 3, batch_size: 8, device: cpu, learning_rate: 0.5}\n"
-    )
-    assert cli.main(["train", str(config)]) == 0
+    sections = "loss: {temperature: 0.001}\ntraining: {num_epochs: 3, batch_size: 8, device: cpu, learning_rate: 0.5}\n"
+    assert _train_cli(tmp_path, synthetic_cache, "hot", sections) == 0
     state = torch.load(tmp_path / "results" / "hot" / "last.pt", weights_only=True)
     assert state["loss"]["logit_scale"].item() <= math.log(100.0) + 1e-6
 
@@ -112,12 +115,8 @@ def test_patience_counts_only_after_min_epochs(synthetic_cache, monkeypatch):
 
 def test_train_prints_a_line_per_epoch_and_logs_tensorboard(synthetic_cache, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        f"name: r\ndata: {{cache: {synthetic_cache}}}\nmodel: {{output_dim: 8, hidden_dim: 16}}\n"
-        "training: {num_epochs: 2, batch_size: 8, device: cpu, tensorboard: true}\n"
-    )
-    assert cli.main(["train", str(config)]) == 0
+    sections = "training: {num_epochs: 2, batch_size: 8, device: cpu, tensorboard: true}\n"
+    assert _train_cli(tmp_path, synthetic_cache, "r", sections) == 0
     out = capsys.readouterr().out
     assert "epoch 1/2  loss " in out and "epoch 2/2  loss " in out and "val rsum " in out and "R@1 i2t/t2i " in out
     run = tmp_path / "results" / "r"
