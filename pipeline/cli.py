@@ -1,10 +1,12 @@
 """`xalign <command>`: one entry point; each command is a module with `main(argv) -> int`
 (`pipeline.commands.*`, `encoding.commands.*`), imported only here.
 
-Bad input (`BadInput`) prints `error: ...` and exits with code 2.
+Bad input (`BadInput`) prints `error: ...` and exits with code 2. A reader that closes the pipe early
+(`xalign inspect DIR | head`) ends the command quietly with exit code 1, without a traceback.
 """
 
 import importlib
+import os
 import sys
 
 from encoding.errors import BadInput
@@ -42,12 +44,18 @@ def main(argv=None) -> int:
         return 2
     module = importlib.import_module(COMMANDS[command][0])
     try:
-        return module.main(rest)
+        code = module.main(rest)
+        sys.stdout.flush()  # inside the try: a pipe closed early fails here, not at interpreter exit
+        return code
     except BadInput as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except SystemExit as exit_:  # argparse: --help exits 0, bad flags exit 2
         return exit_.code if isinstance(exit_.code, int) else 1
+    except BrokenPipeError:
+        # Python's recommended handling: point stdout at devnull so the flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -130,7 +130,10 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
             node = node.setdefault(section, {})
             if not isinstance(node, dict):
                 raise BadInput(f"--set '{item}': '{section}' is not a section")
-        node[leaf] = schema.parse_scalar(raw)
+        try:
+            node[leaf] = schema.parse_scalar(raw)
+        except BadInput as err:
+            raise BadInput(f"--set {key}: {err}") from err
     return values
 
 
