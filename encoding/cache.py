@@ -8,7 +8,6 @@ Shard files carry no timestamps, so the same contents give the same bytes (and s
 import contextlib
 import datetime
 import fcntl
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from encoding import cache_checks as checks
 from encoding.atomic import atomic_target, write_atomic
+from encoding.cache_checks import sha256_of
 from encoding.errors import BadInput
 
 FORMAT = "xalign-cache"
@@ -82,14 +83,6 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}.h5"
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_shard(cache_dir: Path, index: int, data: ShardData, dtype: str = "float16") -> dict:
     """Write shard `index` atomically (temp name, then rename); returns its metadata entry."""
     final = Path(cache_dir) / shard_name(index)
@@ -119,16 +112,22 @@ def write_shard(cache_dir: Path, index: int, data: ShardData, dtype: str = "floa
     }
 
 
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise BadInput(f"{path}: not UTF-8 text at byte {err.start}") from err
+    except json.JSONDecodeError as err:
+        raise BadInput(f"{path}: not valid JSON ({err})") from err
+
+
 def read_metadata(cache_dir: Path) -> dict:
+    """`metadata.json`, checked for every key the readers need (`cache_checks.check_metadata`)."""
     path = Path(cache_dir) / METADATA
     if not path.is_file():
         raise BadInput(f"{path}: not an xalign cache (no {METADATA}); build one with `xalign encode`")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise BadInput(f"{path}: not valid JSON ({err})") from err
-    if meta.get("format") != FORMAT:
-        raise BadInput(f"{path}: 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
+    meta = _read_json(path)
+    checks.check_metadata(path, meta, FORMAT)
     return meta
 
 
@@ -239,12 +238,12 @@ def finished_shards(cache_dir: Path) -> set[int]:
     return done
 
 
-def _strings(dataset) -> np.ndarray:
-    return np.asarray(dataset.asstr()[()], dtype=object)
+def load_cache(cache_dir: Path, dtype=np.float32, verify: bool = True) -> CacheArrays:
+    """Read every shard of a complete cache into contiguous arrays, refusing a damaged one (`BadInput`).
 
-
-def load_cache(cache_dir: Path, dtype=np.float32) -> CacheArrays:
-    """Read every shard of a complete cache into contiguous arrays."""
+    Always checked: shard files and datasets present, row counts and dims as in metadata, finite
+    embeddings, every caption's image in the cache. `verify`: also each shard's sha256 (reads every byte).
+    """
     cache_dir = Path(cache_dir)
     meta = read_metadata(cache_dir)
     if not meta["complete"]:
@@ -252,42 +251,35 @@ def load_cache(cache_dir: Path, dtype=np.float32) -> CacheArrays:
             f"{cache_dir}: cache is incomplete ({len(meta['shards'])} of {meta['num_shards']} shards); "
             "rerun the same `xalign encode` command to finish it"
         )
+    if not meta["shards"]:
+        raise BadInput(f"{cache_dir / METADATA}: lists no shards; expected at least one")
+    if verify:
+        checks.verify_hashes(cache_dir, meta["shards"])
     parts: dict[str, list] = {}
     for shard in meta["shards"]:
-        with h5py.File(cache_dir / shard["file"], "r") as f:
-            fields = {
-                "image_ids": _strings(f["images/ids"]),
-                "image_embeddings": f["images/embeddings"][()].astype(dtype),
-                "image_paths": _strings(f["images/paths"]),
-                "caption_image_ids": _strings(f["captions/image_ids"]),
-                "caption_embeddings": f["captions/embeddings"][()].astype(dtype),
-                "caption_text": _strings(f["captions/text"]),
-            }
-            for name, key in (
-                ("image_labels", "labels"),
-                ("image_splits", "splits"),
-                ("image_pixel_sha1", "pixel_sha1"),
-            ):
-                if key in f["images"]:
-                    data = f[f"images/{key}"]
-                    fields[name] = data[()] if key == "labels" else _strings(data)
-        for name, value in fields.items():
+        for name, value in checks.read_shard(cache_dir / shard["file"], shard, meta, dtype).items():
             parts.setdefault(name, []).append(value)
+    for name, values in parts.items():
+        if len(values) != len(meta["shards"]):  # an optional column (labels, ...) in some shards only
+            key = next(key for field, key, *_ in checks.COLUMNS if field == name)
+            raise BadInput(
+                f"{cache_dir}: '{key}' is in {len(values)} of {len(meta['shards'])} shards; expected all or none"
+            )
     arrays = {name: np.concatenate(values) for name, values in parts.items()}
-    row_of = {image_id: row for row, image_id in enumerate(arrays["image_ids"])}
-    if len(row_of) != len(arrays["image_ids"]):
-        raise BadInput(f"{cache_dir}: an image id appears in more than one row")
-    arrays["caption_image_index"] = np.fromiter(
-        (row_of[i] for i in arrays["caption_image_ids"]), dtype=np.int64, count=len(arrays["caption_image_ids"])
+    arrays["caption_image_index"] = checks.caption_rows(
+        cache_dir, meta["shards"], arrays["image_ids"], arrays["caption_image_ids"]
     )
     return CacheArrays(**arrays)
 
 
 def read_splits(cache_dir: Path) -> dict:
+    """`splits.json`, checked: an object whose train/val/test (and other list) entries are lists of id strings."""
     path = Path(cache_dir) / SPLITS
     if not path.is_file():
         raise BadInput(f"{path}: no splits; run `xalign split {cache_dir}` first")
-    return json.loads(path.read_text())
+    splits = _read_json(path)
+    checks.check_splits(path, splits)
+    return splits
 
 
 def write_splits(cache_dir: Path, splits: dict) -> None:

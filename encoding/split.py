@@ -9,28 +9,35 @@ subset is N random *images* of train (all their captions come with them).
 from collections import defaultdict
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from encoding import cache
+from encoding import cache, cache_checks
+from encoding.cache_checks import SPLIT_NAMES
 from encoding.errors import BadInput
 
-SPLIT_NAMES = ("train", "val", "test")
 PREDEFINED_ALIASES = {"train": "train", "restval": "train", "val": "val", "test": "test"}
 
 
 def read_image_index(cache_dir: Path) -> dict[str, np.ndarray]:
-    """Image ids, duplicate-group keys and dataset split names, without loading embeddings."""
+    """Image ids, duplicate-group keys and dataset split names, without loading embeddings.
+
+    A missing, truncated or malformed shard is `BadInput` naming it (see `cache_checks`).
+    """
     meta = cache.read_metadata(cache_dir)
     columns = defaultdict(list)
     for shard in meta["shards"]:
-        with h5py.File(Path(cache_dir) / shard["file"], "r") as f:
-            images = f["images"]
-            columns["ids"].append(images["ids"].asstr()[()])
+        path = Path(cache_dir) / shard["file"]
+        with cache_checks.open_shard(path) as f:
+            columns["ids"].append(cache_checks.read_column(f, path, "images/ids", strings=True))
             for key in ("pixel_sha1", "splits"):
-                if key in images:
-                    columns[key].append(images[key].asstr()[()])
-            columns["caption_image_ids"].append(f["captions/image_ids"].asstr()[()])
+                if f"images/{key}" in f:
+                    columns[key].append(cache_checks.read_column(f, path, f"images/{key}", strings=True))
+            columns["caption_image_ids"].append(cache_checks.read_column(f, path, "captions/image_ids", strings=True))
+    if not columns:
+        raise BadInput(f"{Path(cache_dir) / cache.METADATA}: lists no shards; nothing to split")
+    for key in ("pixel_sha1", "splits"):
+        if 0 < len(columns.get(key, [])) < len(meta["shards"]):
+            raise BadInput(f"{cache_dir}: 'images/{key}' is in only some shards; expected all or none")
     return {key: np.concatenate(parts).astype(object) for key, parts in columns.items()}
 
 

@@ -8,6 +8,7 @@ import torch
 
 from encoding import cache
 from encoding.errors import BadInput
+from encoding.split import find_leaks
 
 GPU_MEMORY_SHARE = 0.5  # a split goes to the GPU when it takes at most this share of the free memory
 
@@ -90,19 +91,51 @@ def _tensors(arrays: cache.CacheArrays) -> SplitTensors:
     )
 
 
-def load_splits(cache_dir: Path, names: list[str]) -> dict[str, SplitTensors]:
-    """The named splits of `splits.json` (plus `all`, the whole cache), reading the cache once."""
-    arrays = cache.load_cache(cache_dir)
-    splits = None if set(names) <= {"all"} else cache.read_splits(cache_dir)
-    out = {}
+def _sample(ids) -> str:
+    """'N ids: [first few]' for messages."""
+    ids = sorted(ids)
+    return f"{len(ids)} ids: {ids[:5]}{' ...' if len(ids) > 5 else ''}"
+
+
+def check_split_file(cache_dir: Path, splits: dict, arrays: cache.CacheArrays, names: list[str]) -> None:
+    """Refuse a `splits.json` that leaks (ids shared by train/val/test, duplicate images across them, tuning
+    outside train) or whose requested splits name ids the cache lacks."""
+    path = Path(cache_dir) / cache.SPLITS
+    known = set(arrays.image_ids)
     for name in names:
-        if name == "all":
-            out[name] = _tensors(arrays)
-            continue
+        unknown = set(splits[name]) - known
+        if unknown:
+            raise BadInput(
+                f"{path}: split '{name}' names {_sample(unknown)} not in the cache; "
+                f"write a split of this cache with `xalign split {cache_dir}`"
+            )
+    index = {"ids": arrays.image_ids, "caption_image_ids": arrays.caption_image_ids}
+    if arrays.image_pixel_sha1 is not None:
+        index["pixel_sha1"] = arrays.image_pixel_sha1
+    problems = find_leaks(splits, index)
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise BadInput(
+            f"{path}: the split is not leak-free: {'; '.join(problems[:3])}{more}; "
+            f"`xalign split {cache_dir} --verify` lists every problem"
+        )
+
+
+def load_splits(cache_dir: Path, names: list[str], verify: bool = True) -> dict[str, SplitTensors]:
+    """The named splits of `splits.json` (plus `all`, the whole cache), reading the cache once.
+
+    The cache is checked by `cache.load_cache` (`verify`: also each shard's sha256); the split file must
+    be leak-free and name only ids of the cache (`check_split_file`).
+    """
+    arrays = cache.load_cache(cache_dir, verify=verify)
+    wanted = [name for name in names if name != "all"]
+    splits = cache.read_splits(cache_dir) if wanted else {}
+    for name in wanted:
         if name not in splits or not isinstance(splits[name], list):
             valid = sorted(k for k, v in splits.items() if isinstance(v, list))
             raise BadInput(f"{Path(cache_dir) / cache.SPLITS}: no split '{name}'; available: {', '.join(valid)}, all")
         if not splits[name]:
             raise BadInput(f"{Path(cache_dir) / cache.SPLITS}: split '{name}' is empty")
-        out[name] = _tensors(arrays.select(splits[name]))
-    return out
+    if wanted:
+        check_split_file(cache_dir, splits, arrays, wanted)
+    return {name: _tensors(arrays if name == "all" else arrays.select(splits[name])) for name in names}

@@ -38,6 +38,14 @@ def require_file(path: Path | None, what: str) -> Path:
     return Path(path)
 
 
+def read_text(path: Path) -> str:
+    """The whole file as text; `BadInput` naming the file and the first bad byte when it is not UTF-8."""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise BadInput(f"{path}: not UTF-8 text at byte {err.start} ({err.reason}); save it as UTF-8") from err
+
+
 IMAGE_SOURCES: Registry = Registry("image source scheme")
 
 

@@ -26,43 +26,130 @@ PAIR_TEMPLATES = (
 )
 
 
-@functools.lru_cache(maxsize=4)
+def _latin1(text: str, encoding: str) -> bytes:
+    """`_codecs.encode` as Python 3 pickles bytes at protocols 0-2, and nothing else."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r} is not how bytes are pickled")
+    return text.encode("latin1")
+
+
+_NUMPY_ARRAYS = {  # what pickled arrays name: reconstructors (numpy 1.x `numpy.core`, 2.x `numpy._core`), types
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """Loads only dicts, lists, bytes, str, numbers and numpy arrays: every other global is refused, so a
+    crafted pickle cannot run code (plain `pickle.load` calls whatever callable the file names)."""
+
+    def __init__(self, file, path: Path):
+        super().__init__(file, encoding="bytes")
+        self.path = path
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1
+        if (module, name) in _NUMPY_ARRAYS:
+            return super().find_class(module, name)
+        raise BadInput(
+            f"{self.path}: refuses to load global {module}.{name}; a CIFAR-100 python pickle holds only "
+            "dicts, lists, bytes, str, int and numpy arrays"
+        )
+
+
+def _version(path: Path) -> tuple[str, int, int]:
+    """(path, mtime, size) of an existing file: a cache key that changes when the file does."""
+    stat = require_file(path, "CIFAR-100 pickle").stat()
+    return str(path), stat.st_mtime_ns, stat.st_size
+
+
 def load_pickle(path: str) -> dict:
-    """A CIFAR pickle with its bytes keys decoded to str."""
-    file = require_file(Path(path), "CIFAR-100 pickle")
+    """A CIFAR pickle with its bytes keys decoded to str, unpickled by `CifarUnpickler` (no code runs)."""
+    return _load_pickle(*_version(Path(path)))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_pickle(path: str, mtime_ns: int, size: int) -> dict:
+    file = Path(path)
     try:
         with open(file, "rb") as f:
-            payload = pickle.load(f, encoding="bytes")
-    except (pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise BadInput(f"{file}: not a CIFAR-100 python pickle ({err})") from err
+            payload = CifarUnpickler(f, file).load()
+    except BadInput:
+        raise
+    except Exception as err:  # any failure of the restricted unpickler: not a CIFAR pickle
+        raise BadInput(f"{file}: not a CIFAR-100 python pickle ({type(err).__name__}: {err})") from err
+    if not isinstance(payload, dict):
+        raise BadInput(f"{file}: holds {type(payload).__name__}, expected the dict of a CIFAR-100 python pickle")
     return {key.decode() if isinstance(key, bytes) else key: value for key, value in payload.items()}
 
 
 def class_names(root: Path) -> list[str]:
+    """The 100 fine class names of the `meta` pickle."""
     names = load_pickle(str(Path(root) / "meta")).get("fine_label_names")
-    if names is None:
-        raise BadInput(f"{Path(root) / 'meta'}: no 'fine_label_names'")
-    return [n.decode() if isinstance(n, bytes) else n for n in names]
+    if not isinstance(names, list) or not all(isinstance(n, (bytes, str)) for n in names):
+        raise BadInput(f"{Path(root) / 'meta'}: 'fine_label_names' missing or not a list of names")
+    return [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names]
+
+
+def _split_arrays(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """((N, 3072) uint8 pixel rows, (N,) int64 fine labels) of the `split` pickle, checked."""
+    return _checked_split(*_version(Path(root) / split))
+
+
+@functools.lru_cache(maxsize=4)
+def _checked_split(path: str, mtime_ns: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    file, payload = Path(path), _load_pickle(path, mtime_ns, size)
+    data, labels = payload.get("data"), payload.get("fine_labels")
+    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072 or data.dtype != np.uint8:
+        found = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise BadInput(f"{file}: 'data' is {found}, expected (N, 3072) uint8 pixel rows")
+    if not isinstance(labels, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in labels):
+        raise BadInput(f"{file}: 'fine_labels' missing or not a list of integers")
+    if len(labels) != len(data):
+        raise BadInput(f"{file}: 'data' has {len(data)} rows but 'fine_labels' has {len(labels)}")
+    return data, np.asarray(labels, dtype=np.int64)
 
 
 def _pixels(root: str, split: str, index: int) -> np.ndarray:
     """(32, 32, 3) uint8 image `index` of `split`."""
-    row = np.asarray(load_pickle(f"{root}/{split}")["data"][index], dtype=np.uint8)
-    return row.reshape(3, 32, 32).transpose(1, 2, 0)
+    data = _split_arrays(Path(root), split)[0]
+    if not 0 <= index < len(data):
+        raise BadInput(f"{root}/{split}: no image {index}; it holds {len(data)}")
+    return data[index].reshape(3, 32, 32).transpose(1, 2, 0)
+
+
+def _location(location: str) -> tuple[str, str, str]:
+    """'ROOT/SPLIT/ITEM' → (ROOT, SPLIT, ITEM)."""
+    parts = location.rsplit("/", 2)
+    if len(parts) != 3 or parts[1] not in SPLITS:
+        raise BadInput(f"image location {location!r}: expected ROOT/SPLIT/INDEX with SPLIT one of {list(SPLITS)}")
+    return parts[0], parts[1], parts[2]
+
+
+def _index(location: str, text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise BadInput(f"{location}: image index {text!r} is not a non-negative integer")
+    return int(text)
 
 
 @IMAGE_SOURCES.register("cifar100")
 def open_cifar(location: str) -> Image.Image:
     """'ROOT/SPLIT/INDEX' → the 32x32 RGB image."""
-    root, split, index = location.rsplit("/", 2)
-    return Image.fromarray(_pixels(root, split, int(index)))
+    root, split, index = _location(location)
+    return Image.fromarray(_pixels(root, split, _index(location, index)))
 
 
 @IMAGE_SOURCES.register("cifar100-pair")
 def open_cifar_pair(location: str) -> Image.Image:
     """'ROOT/SPLIT/LEFT+RIGHT' → the 32x64 side-by-side RGB image."""
-    root, split, pair = location.rsplit("/", 2)
-    left, right = (int(i) for i in pair.split("+"))
+    root, split, pair = _location(location)
+    left, _, right = pair.partition("+")
+    left, right = _index(location, left), _index(location, right)
     return Image.fromarray(np.concatenate([_pixels(root, split, left), _pixels(root, split, right)], axis=1))
 
 
@@ -84,10 +171,10 @@ def _partners(labels: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _split_records(root: Path, split: str, names: list[str], pairs: bool, seed: int) -> list[ImageRecord]:
-    payload = load_pickle(str(root / split))
-    labels = np.asarray(payload.get("fine_labels", []), dtype=np.int64)
-    if len(labels) != len(payload.get("data", [])):
-        raise BadInput(f"{root / split}: 'data' and 'fine_labels' are missing or differ in length")
+    labels = _split_arrays(root, split)[1]
+    outside = labels[(labels < 0) | (labels >= len(names))]
+    if len(outside):
+        raise BadInput(f"{root / split}: fine label {outside[0]} is not a class of 'meta' (0..{len(names) - 1})")
     if not pairs:
         return [
             ImageRecord(

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from encoding.atomic import write_atomic
-from encoding.datasets import DATASETS, ImageRecord
+from encoding.datasets import DATASETS, ImageRecord, read_text
 from encoding.errors import BadInput
 
 SIZE = 64
@@ -105,10 +105,23 @@ def read_demo(
     whatever `root` holds is read.
     """
     build_demo(root, num_images=DEFAULT_IMAGES if num_images is None else num_images, seed=seed)
-    rows = [json.loads(line) for line in (root / CAPTIONS).read_text().splitlines()]
-    if num_images is not None and len(rows) != num_images:
-        raise BadInput(f"{root}: holds {len(rows)} demo scenes, not num_images={num_images}; use another --root")
-    return [
-        ImageRecord(image_id=r["image_id"], path=str(root / r["path"]), captions=r["captions"], label=r["label"])
-        for r in rows
-    ]
+    path = root / CAPTIONS
+    lines = enumerate(read_text(path).splitlines(), start=1)
+    records = [_record(root, f"{path}:{n}", line) for n, line in lines if line.strip()]
+    if num_images is not None and len(records) != num_images:
+        raise BadInput(f"{root}: holds {len(records)} demo scenes, not num_images={num_images}; use another --root")
+    return records
+
+
+def _record(root: Path, where: str, line: str) -> ImageRecord:
+    """One `captions.jsonl` line as written by `build_demo`; `BadInput` naming file:line when it is not."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise BadInput(f"{where}: not valid JSON ({err}); delete {root} to rebuild the demo data") from err
+    fields = {"image_id": str, "path": str, "captions": list, "label": int}
+    if not isinstance(row, dict) or any(not isinstance(row.get(k), kind) for k, kind in fields.items()):
+        raise BadInput(f"{where}: expected an object with {list(fields)} as build_demo writes them; delete {root}")
+    if not all(isinstance(c, str) for c in row["captions"]):
+        raise BadInput(f"{where}: 'captions' must be a list of strings; delete {root} to rebuild the demo data")
+    return ImageRecord(row["image_id"], str(root / row["path"]), row["captions"], label=row["label"])

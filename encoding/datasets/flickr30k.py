@@ -8,7 +8,7 @@ The image id is the file stem (e.g. '1000092795').
 import warnings
 from pathlib import Path
 
-from encoding.datasets import DATASETS, ImageRecord, SkippedRow, require_dir, require_file
+from encoding.datasets import DATASETS, ImageRecord, SkippedRow, read_text, require_dir, require_file
 from encoding.errors import BadInput
 
 HEADER = ["image_name", "comment_number", "comment"]
@@ -30,7 +30,7 @@ def read_flickr30k(root: Path, annotations: Path | None = None) -> list[ImageRec
         candidates = [root / "results.csv", root.parent / "results.csv"]
         annotations = next((c for c in candidates if c.is_file()), candidates[0])
     annotations = require_file(annotations, "Flickr30k results.csv (--annotations)")
-    lines = annotations.read_text(encoding="utf-8").splitlines()
+    lines = read_text(annotations).splitlines()
     if not lines or [f.strip() for f in lines[0].split("|")] != HEADER:
         raise BadInput(f"{annotations}: first line must be the header '{'| '.join(HEADER)}'")
     captions: dict[str, list[str]] = {}

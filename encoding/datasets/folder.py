@@ -3,15 +3,19 @@
 CSV: a header with `image` (or `image_path`/`path`/`file_name`) and `caption` (or `text`) columns;
 optional `label` and `split` columns. JSONL: one object per line with the same keys. Several rows
 may name the same image (one caption each); paths are relative to `--root`. The image id is the
-path relative to `--root` without its suffix.
+path relative to `--root` without its suffix. A row without an image and a caption as text (or a
+JSONL line that is not a JSON object) is skipped and reported; a `label` that is not an integer or
+a `split` that is not a string is `BadInput`.
 """
 
 import csv
+import io
 import json
 import warnings
 from pathlib import Path
 
-from encoding.datasets import DATASETS, ImageRecord, SkippedRow, require_dir, require_file
+from encoding.cache_checks import json_type
+from encoding.datasets import DATASETS, ImageRecord, SkippedRow, read_text, require_dir, require_file
 from encoding.errors import BadInput
 
 IMAGE_KEYS = ("image", "image_path", "path", "file_name")
@@ -19,24 +23,54 @@ CAPTION_KEYS = ("caption", "text")
 
 
 def _rows_csv(path: Path):
-    with open(path, newline="", encoding="utf-8") as f:
-        yield from enumerate(csv.DictReader(f), start=2)
+    """(line number, row dict) per data row; `BadInput` naming file:line when the CSV cannot be parsed."""
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    try:
+        yield from enumerate(reader, start=2)
+    except csv.Error as err:
+        raise BadInput(f"{path}:{reader.line_num}: not valid CSV ({err})") from err
 
 
 def _rows_jsonl(path: Path):
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    """(line number, row dict) per non-blank line; a line that is not a JSON object gives `{"_error": why}`."""
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         if line.strip():
             try:
-                yield number, json.loads(line)
+                row = json.loads(line)
             except json.JSONDecodeError as err:
                 yield number, {"_error": str(err)}
+                continue
+            yield (
+                number,
+                row if isinstance(row, dict) else {"_error": f"expected a JSON object, found {json_type(row)}"},
+            )
 
 
 READERS = {".csv": _rows_csv, ".jsonl": _rows_jsonl, ".json": _rows_jsonl}
 
 
-def _first(row: dict, keys: tuple[str, ...]):
-    return next((row[k] for k in keys if row.get(k) not in (None, "")), None)
+def _first(row: dict, keys: tuple[str, ...]) -> str | None:
+    """The first of `keys` whose value is a non-blank string."""
+    return next((row[k] for k in keys if isinstance(row.get(k), str) and row[k].strip()), None)
+
+
+def _label(value, where: str) -> int:
+    """A class label from a CSV string or a JSON integer; `BadInput` naming file:line otherwise."""
+    try:
+        label = int(value) if isinstance(value, str) else value
+    except ValueError:
+        label = None
+    if not isinstance(label, int) or isinstance(label, bool) or not -(2**63) <= label < 2**63:
+        raise BadInput(f"{where}: label {value!r} is not an integer (expected a class number)")
+    return label
+
+
+def _image_id(image: str) -> str | None:
+    """The image path without its suffix; None for a path with no file name ('.', '/')."""
+    try:
+        return str(Path(image).with_suffix(""))
+    except ValueError:
+        return None
 
 
 @DATASETS.register("folder")
@@ -48,15 +82,19 @@ def read_folder(root: Path, annotations: Path | None = None) -> list[ImageRecord
         raise BadInput(f"{annotations}: unknown captions format '{annotations.suffix}'; use one of {list(READERS)}")
     records: dict[str, ImageRecord] = {}
     for number, row in READERS[annotations.suffix](annotations):
+        where = f"{annotations}:{number}"
         image, caption = _first(row, IMAGE_KEYS), _first(row, CAPTION_KEYS)
-        if image is None or caption is None:
-            reason = f"row needs one of {IMAGE_KEYS} and one of {CAPTION_KEYS}: {str(row)[:120]}"
-            warnings.warn(SkippedRow("", f"{annotations}:{number}", reason), stacklevel=2)
+        image_id = None if image is None else _image_id(image)
+        if image_id is None or caption is None:
+            reason = f"row needs one of {IMAGE_KEYS} and one of {CAPTION_KEYS} as text: {str(row)[:120]}"
+            warnings.warn(SkippedRow("", where, reason), stacklevel=2)
             continue
-        image_id = str(Path(image).with_suffix(""))
         record = records.setdefault(image_id, ImageRecord(image_id=image_id, path=str(root / image)))
-        record.captions.append(str(caption).strip())
+        record.captions.append(caption.strip())
         if row.get("label") not in (None, ""):
-            record.label = int(row["label"])
-        record.split = row.get("split") or record.split
+            record.label = _label(row["label"], where)
+        if row.get("split") not in (None, ""):
+            if not isinstance(row["split"], str):
+                raise BadInput(f"{where}: split {row['split']!r} is not a string (expected e.g. 'train')")
+            record.split = row["split"]
     return list(records.values())

@@ -9,11 +9,20 @@ import warnings
 from pathlib import Path
 
 from encoding.datasets import DATASETS, ImageRecord, SkippedRow, require_dir, require_file
-from encoding.datasets.coco import read_json
+from encoding.datasets.coco import field, objects, read_json
 
 
-def _image_id(image: dict) -> str:
-    return str(image["cocoid"]) if "cocoid" in image else Path(image["filename"]).stem
+def _record(path: Path, image: dict, where: str, root: Path) -> ImageRecord:
+    """The image's record (no captions when it has no sentences), its fields checked."""
+    filename = field(path, image, where, "filename", str)
+    cocoid = field(path, image, where, "cocoid", (int, str), default=None)
+    sentences = objects(path, field(path, image, where, "sentences", list, default=[]), f"{where}.sentences")
+    return ImageRecord(
+        image_id=str(cocoid) if cocoid is not None else Path(filename).stem,
+        path=str(root / field(path, image, where, "filepath", str, default="") / filename),
+        captions=[field(path, s, f"{where}.sentences[{k}]", "raw", str).strip() for k, s in enumerate(sentences)],
+        split=field(path, image, where, "split", str, default=None),
+    )
 
 
 @DATASETS.register("karpathy")
@@ -22,11 +31,10 @@ def read_karpathy(root: Path, annotations: Path | None = None) -> list[ImageReco
     root = require_dir(root, "image folder (--root)")
     annotations = require_file(annotations, "Karpathy JSON (--annotations dataset_coco.json)")
     records = []
-    for image in read_json(annotations, ("images",))["images"]:
-        path = str(root / image.get("filepath", "") / image["filename"])
-        texts = [s["raw"].strip() for s in image.get("sentences", [])]
-        if not texts:
-            warnings.warn(SkippedRow(_image_id(image), path, "no sentences"), stacklevel=2)
+    for i, image in enumerate(objects(annotations, read_json(annotations, ("images",))["images"], "images")):
+        record = _record(annotations, image, f"images[{i}]", root)
+        if not record.captions:
+            warnings.warn(SkippedRow(record.image_id, record.path, "no sentences"), stacklevel=2)
             continue
-        records.append(ImageRecord(image_id=_image_id(image), path=path, captions=texts, split=image.get("split")))
+        records.append(record)
     return records

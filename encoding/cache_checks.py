@@ -1,0 +1,218 @@
+"""Checks on a cache as read back: `metadata.json` and `splits.json` shapes, shard files, hashes and arrays.
+
+Every refusal is `BadInput` naming the file (and key, dataset or ids) and what was expected, so a
+hand-edited, truncated or tampered cache stops with exit 2 instead of a traceback or a silent error.
+"""
+
+import hashlib
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from encoding.errors import BadInput
+
+HASH_PROGRESS_BYTES = 1 << 30  # show a progress bar when hashing more than this
+SPLIT_NAMES = ("train", "val", "test")
+_METADATA_KEYS = (  # (dotted key, expected type); checked in order, so a parent comes before its fields
+    ("complete", bool),
+    ("num_shards", int),
+    ("shards", list),
+    ("image_model", dict),
+    ("image_model.dim", int),
+    ("text_model", dict),
+    ("text_model.dim", int),
+)
+_SHARD_KEYS = (("index", int), ("file", str), ("sha256", str), ("num_images", int), ("num_captions", int))
+COLUMNS = (  # (CacheArrays field, shard dataset, UTF-8 strings?, required?)
+    ("image_ids", "images/ids", True, True),
+    ("image_embeddings", "images/embeddings", False, True),
+    ("image_paths", "images/paths", True, True),
+    ("image_labels", "images/labels", False, False),
+    ("image_splits", "images/splits", True, False),
+    ("image_pixel_sha1", "images/pixel_sha1", True, False),
+    ("caption_image_ids", "captions/image_ids", True, True),
+    ("caption_embeddings", "captions/embeddings", False, True),
+    ("caption_text", "captions/text", True, True),
+)
+_TYPE_NAMES = {bool: "a boolean", int: "an integer", str: "a string", list: "a list", dict: "an object"}
+
+
+def json_type(value) -> str:
+    """The JSON name of a parsed value's type ('object', 'array', 'string', ...), for messages."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def describe(value) -> str:
+    """A parsed JSON value for messages: its type and (shortened) repr, e.g. "string '3'", "null"."""
+    return "null" if value is None else f"{json_type(value)} {value!r:.60}"
+
+
+def _is(value, kind: type) -> bool:
+    """isinstance, except that a JSON boolean is not an integer."""
+    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+
+
+def _check_key(path: Path, container: dict, key: str, dotted: str, kind: type) -> None:
+    if key not in container:
+        raise BadInput(f"{path}: key '{dotted}' missing; expected {_TYPE_NAMES[kind]}")
+    value = container[key]
+    if not _is(value, kind):
+        raise BadInput(f"{path}: key '{dotted}' is {describe(value)}, expected {_TYPE_NAMES[kind]}")
+
+
+def check_metadata(path: Path, meta, cache_format: str) -> None:
+    """Refuse a `metadata.json` payload that lacks a key the readers need or has one of the wrong type."""
+    if not isinstance(meta, dict):
+        raise BadInput(f"{path}: expected a JSON object, found {json_type(meta)}")
+    if meta.get("format") != cache_format:
+        raise BadInput(f"{path}: 'format' is {meta.get('format')!r}, expected {cache_format!r}")
+    for dotted, kind in _METADATA_KEYS:
+        *parents, key = dotted.split(".")
+        container = meta[parents[0]] if parents else meta
+        _check_key(path, container, key, dotted, kind)
+    for i, shard in enumerate(meta["shards"]):
+        if not isinstance(shard, dict):
+            raise BadInput(f"{path}: key 'shards[{i}]' is {json_type(shard)}, expected an object")
+        for key, kind in _SHARD_KEYS:
+            _check_key(path, shard, key, f"shards[{i}].{key}", kind)
+        if Path(shard["file"]).name != shard["file"] or shard["file"] in ("", ".", ".."):
+            raise BadInput(
+                f"{path}: key 'shards[{i}].file' is {shard['file']!r}, expected a file name inside the cache"
+            )
+
+
+def check_splits(path: Path, splits) -> None:
+    """Refuse a `splits.json` payload that is not an object whose split lists hold image id strings."""
+    if not isinstance(splits, dict):
+        raise BadInput(f"{path}: expected a JSON object of image id lists, found {json_type(splits)}")
+    for name in SPLIT_NAMES:
+        if name not in splits:
+            raise BadInput(f"{path}: key '{name}' missing; expected a list of image ids")
+    for name, ids in splits.items():
+        if name not in (*SPLIT_NAMES, "tuning") and not isinstance(ids, list):
+            continue  # seed, method and other scalar entries
+        if not isinstance(ids, list):
+            raise BadInput(f"{path}: key '{name}' is {json_type(ids)}, expected a list of image ids")
+        bad = next((i for i, image_id in enumerate(ids) if not isinstance(image_id, str)), None)
+        if bad is not None:
+            raise BadInput(f"{path}: key '{name}' item {bad} is {describe(ids[bad])}, expected an image id string")
+
+
+def sha256_of(path: Path, progress=None) -> str:
+    """Hex sha256 of a file, streamed in 1 MiB blocks; `progress(nbytes)` is called after each block."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+            if progress is not None:
+                progress(len(block))
+    return digest.hexdigest()
+
+
+def _require_file(path: Path) -> Path:
+    if not path.is_file():
+        raise BadInput(
+            f"{path}: shard file missing (listed in metadata.json); "
+            "rerun the same `xalign encode` command to rewrite it"
+        )
+    return path
+
+
+def open_shard(path: Path) -> h5py.File:
+    """The shard opened read-only (use as a context manager); `BadInput` when missing, truncated or not HDF5."""
+    try:
+        return h5py.File(_require_file(path), "r")
+    except OSError as err:
+        raise BadInput(f"{path}: not a readable HDF5 shard ({err}); it is truncated or damaged: re-encode") from err
+
+
+def verify_hashes(cache_dir: Path, shards: list[dict]) -> None:
+    """Compare every shard file's sha256 with its metadata entry; a progress bar when there is over 1 GiB."""
+    paths = [_require_file(Path(cache_dir) / shard["file"]) for shard in shards]
+    total = sum(path.stat().st_size for path in paths)
+    quiet = True if total <= HASH_PROGRESS_BYTES else None  # None: tqdm's own choice (off without a terminal)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="verify sha256", disable=quiet) as progress:
+        for path, shard in zip(paths, shards):
+            digest = sha256_of(path, progress.update)
+            if digest != shard["sha256"]:
+                raise BadInput(
+                    f"{path}: sha256 {digest} differs from metadata.json's {shard['sha256']}; the file changed "
+                    "after encoding (re-encode, or pass --no-verify to skip hashing)"
+                )
+
+
+def read_column(f: h5py.File, path: Path, key: str, strings: bool = False) -> np.ndarray:
+    """Dataset `key` of an open shard ((n,) object array of str when `strings`); `BadInput` naming shard and key."""
+    if key not in f:
+        raise BadInput(f"{path}: no dataset '{key}'; expected an xalign shard (re-encode)")
+    try:
+        data = f[key]
+        return np.asarray(data.asstr()[()], dtype=object) if strings else data[()]
+    except (OSError, TypeError, ValueError, AttributeError, UnicodeDecodeError) as err:
+        what = "UTF-8 strings" if strings else "an array"
+        raise BadInput(f"{path}: dataset '{key}' is not readable as {what} ({err}); re-encode") from err
+
+
+def check_rows(path: Path, key: str, values: np.ndarray, expected: int, count_key: str) -> None:
+    """Refuse a dataset whose row count differs from the shard's metadata entry."""
+    if len(values) != expected:
+        raise BadInput(f"{path}: '{key}' has {len(values)} rows, metadata.json's {count_key} is {expected}")
+
+
+def check_embeddings(path: Path, key: str, values: np.ndarray, dim: int, dim_key: str) -> None:
+    """Refuse (n, D) embeddings that are not floats, not `dim` wide, or hold NaN or inf."""
+    if values.dtype.kind != "f" or values.ndim != 2:
+        raise BadInput(f"{path}: '{key}' is {values.dtype} of shape {values.shape}, expected (n, {dim}) floats")
+    if values.shape[1] != dim:
+        raise BadInput(f"{path}: '{key}' has dim {values.shape[1]}, metadata.json's {dim_key} is {dim}")
+    bad_rows = np.flatnonzero(~np.isfinite(values).all(axis=1))
+    if len(bad_rows):
+        raise BadInput(
+            f"{path}: '{key}' has {len(bad_rows)} of {len(values)} rows with NaN or inf "
+            f"(first: row {bad_rows[0]}); re-encode"
+        )
+
+
+def read_shard(path: Path, entry: dict, meta: dict, dtype) -> dict[str, np.ndarray]:
+    """One shard's columns by CacheArrays field (embeddings as `dtype`), checked against its metadata entry."""
+    with open_shard(path) as f:
+        fields = {
+            name: (key, read_column(f, path, key, strings))
+            for name, key, strings, required in COLUMNS
+            if required or key in f
+        }
+    for key, value in fields.values():
+        side = "image" if key.startswith("images/") else "text"
+        count = "num_images" if side == "image" else "num_captions"
+        check_rows(path, key, value, entry[count], f"shards[{entry['index']}].{count}")
+        if key.endswith("/embeddings"):
+            check_embeddings(path, key, value, meta[f"{side}_model"]["dim"], f"{side}_model.dim")
+    return {
+        name: value.astype(dtype, copy=False) if key.endswith("/embeddings") else value
+        for name, (key, value) in fields.items()
+    }
+
+
+def caption_rows(cache_dir: Path, shards: list[dict], image_ids: np.ndarray, caption_image_ids: np.ndarray):
+    """(M,) int64 row of each caption's image; `BadInput` on a repeated image id or a caption of an unknown image."""
+    row_of = {image_id: row for row, image_id in enumerate(image_ids)}
+    if len(row_of) != len(image_ids):
+        ids, counts = np.unique(image_ids.astype(str), return_counts=True)
+        repeated = ids[counts > 1]
+        raise BadInput(
+            f"{cache_dir}: {len(repeated)} image ids appear in more than one row, e.g. {repeated[:5].tolist()}; "
+            "expected each image once"
+        )
+    rows = np.fromiter((row_of.get(i, -1) for i in caption_image_ids), dtype=np.int64, count=len(caption_image_ids))
+    orphans = np.flatnonzero(rows < 0)
+    if len(orphans):
+        shard = shards[np.searchsorted(np.cumsum([s["num_captions"] for s in shards]), orphans[0], side="right")]
+        unknown = sorted(set(caption_image_ids[orphans]))
+        raise BadInput(
+            f"{Path(cache_dir) / shard['file']}: {len(orphans)} captions point at {len(unknown)} image ids not in "
+            f"the cache, e.g. {unknown[:5]}; expected every caption's image in the cache"
+        )
+    return rows
