@@ -19,6 +19,7 @@ from encoding import cache_checks as checks
 from encoding.atomic import atomic_target, write_atomic
 from encoding.cache_checks import sha256_of
 from encoding.errors import BadInput
+from encoding.fingerprints import cache_fingerprint, splits_fingerprint
 
 FORMAT = "xalign-cache"
 VERSION = 1
@@ -221,6 +222,8 @@ def record_shard(cache_dir: Path, entry: dict) -> dict:
         skipped = [s for s in meta["skipped"] if s.get("shard") != entry["index"]]
         meta["skipped"] = skipped + [{**s, "shard": entry["index"]} for s in entry["skipped"]]
         meta["complete"] = len(meta["shards"]) == meta["num_shards"]
+        if meta["complete"]:
+            meta["fingerprint"] = cache_fingerprint(meta)
         _write_json(Path(cache_dir) / METADATA, meta)
         return meta
 
@@ -253,6 +256,8 @@ def load_cache(cache_dir: Path, dtype=np.float32, verify: bool = True) -> CacheA
         )
     if not meta["shards"]:
         raise BadInput(f"{cache_dir / METADATA}: lists no shards; expected at least one")
+    if not any(shard["num_images"] for shard in meta["shards"]):
+        raise BadInput(f"{cache_dir}: holds no images (every item was skipped at encoding; `xalign inspect` says why)")
     if verify:
         checks.verify_hashes(cache_dir, meta["shards"])
     parts: dict[str, list] = {}
@@ -282,5 +287,12 @@ def read_splits(cache_dir: Path) -> dict:
     return splits
 
 
-def write_splits(cache_dir: Path, splits: dict) -> None:
-    _write_json(Path(cache_dir) / SPLITS, splits)
+def write_splits(cache_dir: Path, splits: dict) -> dict:
+    """Write `splits.json` with its `fingerprint` and the `cache_fingerprint` of the cache it splits → the payload."""
+    payload = {
+        **splits,
+        "fingerprint": splits_fingerprint(splits),
+        "cache_fingerprint": cache_fingerprint(read_metadata(cache_dir)),
+    }
+    _write_json(Path(cache_dir) / SPLITS, payload)
+    return payload

@@ -8,6 +8,7 @@ one process.
 """
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from encoding.runtime import autocast, distributed, library_versions, resolve_de
 
 E5_INSTRUCTION = "Instruct: {}\nQuery: "
 DATASET_KEYS = ("kind", "root", "annotations", "limit")  # the `dataset` entry's own keys; not reader options
+SKIPPED_WARNING = 0.05  # warn when more than this share of the dataset's items was skipped
 
 
 def default_num_workers() -> int:
@@ -156,6 +158,7 @@ def prepare(request: EncodeRequest) -> EncodeJob:
     records = records[: request.limit] if request.limit else records
     if not records:
         raise BadInput(f"{request.root}: dataset '{request.dataset}' has no images")
+    refuse_missing_images(request.root, records)
     rank, world, local_rank = distributed()
     device = resolve_device(request.device, local_rank)
     precision = resolve_precision(request.precision, device)
@@ -218,16 +221,36 @@ def encode_cache(request: EncodeRequest) -> dict:
     return report(request.out, job)
 
 
+def refuse_missing_images(root: Path, records: list[ImageRecord]) -> None:
+    """`BadInput` before anything is written when not one image file the annotations name exists (a wrong --root)."""
+    files = [record.path for record in records if "://" not in record.path]
+    if files and not any(os.path.isfile(path) for path in files):
+        raise BadInput(
+            f"{root}: none of the {len(files)} image files the annotations name exists (e.g. {files[0]}); check --root"
+        )
+
+
 def report(out: Path, job: EncodeJob) -> dict:
-    """Wait for every rank, print the cache's state once (rank 0) → its metadata."""
+    """Wait for every rank, print the cache's state once (rank 0) → its metadata.
+
+    A complete cache without a single image is `BadInput`; more than `SKIPPED_WARNING` of the items
+    skipped is a warning on stderr.
+    """
     if job.world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     meta = cache.read_metadata(out)
+    skipped, images = len(meta["skipped"]), meta["num_images"]
     if job.rank == 0:
         state = "complete" if meta["complete"] else f"{len(meta['shards'])}/{job.num_shards} shards"
-        print(
-            f"{out}: {meta['num_images']} images, {meta['num_captions']} captions, "
-            f"{len(meta['skipped'])} skipped ({state})"
-        )
+        print(f"{out}: {images} images, {meta['num_captions']} captions, {skipped} skipped ({state})")
+        if skipped > SKIPPED_WARNING * (images + skipped):
+            print(
+                f"warning: {skipped} of {images + skipped} items were skipped; "
+                f"`xalign inspect {out}` lists each with its reason",
+                file=sys.stderr,
+            )
+    if meta["complete"] and images == 0:
+        reason = meta["skipped"][0]["reason"] if meta["skipped"] else "none listed"
+        raise BadInput(f"{out}: not one image could be read (first reason: {reason}); check --root and the files")
     return meta

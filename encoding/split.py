@@ -14,6 +14,7 @@ import numpy as np
 from encoding import cache, cache_checks
 from encoding.cache_checks import SPLIT_NAMES
 from encoding.errors import BadInput
+from encoding.fingerprints import splits_fingerprint
 
 PREDEFINED_ALIASES = {"train": "train", "restval": "train", "val": "val", "test": "test"}
 
@@ -121,14 +122,22 @@ def verify(cache_dir: Path) -> list[str]:
 
 
 def split_cache(
-    cache_dir: Path, val: float = 0.1, test: float = 0.2, tuning: int = 0, seed: int = 0, predefined: bool = False
+    cache_dir: Path,
+    val: float = 0.1,
+    test: float = 0.2,
+    tuning: int = 0,
+    seed: int = 0,
+    predefined: bool = False,
+    force: bool = False,
 ) -> dict:
     """Write `splits.json` (after checking it is leak-free) and return it; prints one summary line.
 
     `val`/`test`: a fraction (< 1) or a number of images; `tuning`: images of train in the tuning
-    subset; `predefined`: the dataset's own split instead of a seeded random one.
+    subset; `predefined`: the dataset's own split instead of a seeded random one. An existing
+    `splits.json` is replaced only with `force`: runs trained on it would otherwise change meaning.
     """
     cache_dir = Path(cache_dir)
+    old = refuse_replacing(cache_dir, force)
     index = read_image_index(cache_dir)
     groups = duplicate_groups(index)
     if predefined:
@@ -152,7 +161,28 @@ def split_cache(
     problems = find_leaks(payload, index)
     if problems:  # cannot happen by construction; a guard for future split methods
         raise RuntimeError(f"{cache_dir / cache.SPLITS} not written: the split is not leak-free: {problems[:5]}")
-    cache.write_splits(cache_dir, payload)
+    payload = cache.write_splits(cache_dir, payload)
     counts = ", ".join(f"{name} {len(payload[name])}" for name in (*SPLIT_NAMES, "tuning"))
-    print(f"{cache_dir / cache.SPLITS}: {method} split, {counts} images")
+    print(f"{cache_dir / cache.SPLITS}: {method} split, {counts} images, fingerprint {payload['fingerprint'][:12]}")
+    if old is not None and old != payload["fingerprint"]:
+        print(
+            f"note: replaced the split with fingerprint {old[:12]}; runs trained on it refuse "
+            "`xalign evaluate` unless --allow-new-split"
+        )
     return payload
+
+
+def refuse_replacing(cache_dir: Path, force: bool) -> str | None:
+    """The fingerprint of the existing `splits.json` (None without one); `BadInput` unless `force`."""
+    path = cache_dir / cache.SPLITS
+    if not path.exists():
+        return None
+    if not force:
+        raise BadInput(
+            f"{path}: exists; replacing it would change the meaning of every run trained on it. "
+            "Pass --force to replace it (those runs then refuse `xalign evaluate` unless --allow-new-split)"
+        )
+    try:
+        return splits_fingerprint(cache.read_splits(cache_dir))
+    except BadInput:  # a damaged file is what --force is for
+        return None

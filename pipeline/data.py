@@ -1,5 +1,6 @@
 """Cache splits as contiguous tensors, and the index permutations the training engine draws batches from."""
 
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import torch
 
 from encoding import cache
 from encoding.errors import BadInput
+from encoding.fingerprints import cache_fingerprint
 from encoding.split import find_leaks
 
 GPU_MEMORY_SHARE = 0.5  # a split goes to the GPU when it takes at most this share of the free memory
@@ -97,10 +99,28 @@ def _sample(ids) -> str:
     return f"{len(ids)} ids: {ids[:5]}{' ...' if len(ids) > 5 else ''}"
 
 
+def check_split_binding(cache_dir: Path, splits: dict) -> None:
+    """Refuse a `splits.json` written for other cache contents (its `cache_fingerprint` differs)."""
+    actual = cache_fingerprint(cache.read_metadata(cache_dir))
+    recorded = splits.get("cache_fingerprint")
+    if recorded is None:
+        print(
+            f"warning: {Path(cache_dir) / cache.SPLITS} records no cache fingerprint; "
+            f"bind it to this cache with `xalign split {cache_dir} --force`",
+            file=sys.stderr,
+        )
+    elif recorded != actual:
+        raise BadInput(
+            f"{Path(cache_dir) / cache.SPLITS}: written for cache fingerprint {recorded[:12]}, but the cache is now "
+            f"{actual[:12]} (re-encoded or changed); write a new split with `xalign split {cache_dir} --force`"
+        )
+
+
 def check_split_file(cache_dir: Path, splits: dict, arrays: cache.CacheArrays, names: list[str]) -> None:
     """Refuse a `splits.json` that leaks (ids shared by train/val/test, duplicate images across them, tuning
     outside train) or whose requested splits name ids the cache lacks."""
     path = Path(cache_dir) / cache.SPLITS
+    check_split_binding(cache_dir, splits)
     known = set(arrays.image_ids)
     for name in names:
         unknown = set(splits[name]) - known

@@ -77,10 +77,22 @@ def test_split_is_image_level_and_disjoint(synthetic_cache):
 
 def test_split_is_seeded(synthetic_cache):
     first = json.loads((synthetic_cache / cache.SPLITS).read_text())
-    split.main([str(synthetic_cache), "--val", "10", "--test", "10", "--tuning", "20", "--seed", "0"])
+    split.main([str(synthetic_cache), "--val", "10", "--test", "10", "--tuning", "20", "--seed", "0", "--force"])
     assert json.loads((synthetic_cache / cache.SPLITS).read_text()) == first
-    split.main([str(synthetic_cache), "--val", "10", "--test", "10", "--seed", "1"])
-    assert json.loads((synthetic_cache / cache.SPLITS).read_text())["test"] != first["test"]
+    split.main([str(synthetic_cache), "--val", "10", "--test", "10", "--seed", "1", "--force"])
+    second = json.loads((synthetic_cache / cache.SPLITS).read_text())
+    assert second["test"] != first["test"] and second["fingerprint"] != first["fingerprint"]
+    fingerprint = cache.read_metadata(synthetic_cache)["fingerprint"]
+    assert second["cache_fingerprint"] == first["cache_fingerprint"] == fingerprint
+
+
+def test_a_split_is_replaced_only_with_force(synthetic_cache, capsys):
+    before = (synthetic_cache / cache.SPLITS).read_bytes()
+    with pytest.raises(BadInput, match=r"splits\.json: exists; .*Pass --force"):
+        split.main([str(synthetic_cache), "--seed", "1"])
+    assert (synthetic_cache / cache.SPLITS).read_bytes() == before
+    assert split.main([str(synthetic_cache), "--seed", "1", "--force"]) == 0
+    assert "note: replaced the split with fingerprint" in capsys.readouterr().out
 
 
 def test_unknown_split_name_lists_available(synthetic_cache):

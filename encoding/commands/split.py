@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tuning", type=int, default=0, help="images of train in the tuning subset")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--predefined", action="store_true", help="use the dataset's own split")
+    p.add_argument("--force", action="store_true", help="replace an existing splits.json")
     p.add_argument("--verify", action="store_true", help="check splits.json; exit 1 listing leaks")
     return p
 
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if not args.verify:
-        split_cache(args.cache, args.val, args.test, args.tuning, args.seed, args.predefined)
+        split_cache(args.cache, args.val, args.test, args.tuning, args.seed, args.predefined, args.force)
         return 0
     problems = verify(args.cache)
     for problem in problems:

@@ -11,6 +11,7 @@ import argparse
 import time
 from pathlib import Path
 
+from encoding import cache
 from encoding.encode import EncodeRequest, encode_cache
 from encoding.errors import BadInput
 from encoding.split import split_cache
@@ -57,8 +58,11 @@ def main(argv=None) -> int:
         num_workers=2,
     )
     encode_cache(request)
-    print("[2/4] image-level split")
-    split_cache(cache_dir, val=0.1, test=0.2, tuning=min(500, args.images // 3), seed=0)
+    if (cache_dir / cache.SPLITS).exists():
+        print(f"[2/4] image-level split: keeping {cache_dir / cache.SPLITS}")
+    else:
+        print("[2/4] image-level split")
+        split_cache(cache_dir, val=0.1, test=0.2, tuning=min(500, args.images // 3), seed=0)
     print(f"[3/4] training heads ({args.config})")
     if run_dir.exists():
         print(f"note: replacing the earlier demo run in {run_dir}")

@@ -35,7 +35,7 @@ def test_duplicate_images_land_in_one_split(tmp_path):
     path = write_synthetic_cache(tmp_path / "c", num_images=40)
     _set_column(path, "pixel_sha1", ["same"] * 8 + [f"u{i}" for i in range(32)])
     for seed in range(5):
-        assert split.main([str(path), "--val", "8", "--test", "8", "--seed", str(seed)]) == 0
+        assert split.main([str(path), "--val", "8", "--test", "8", "--seed", str(seed), "--force"]) == 0
         splits = _splits(path)
         homes = {name for name in ("train", "val", "test") if "img0000" in splits[name]}
         group = {f"img{i:04d}" for i in range(8)}
@@ -115,7 +115,7 @@ def test_a_leaking_split_is_not_written(tmp_path, monkeypatch):
 
     monkeypatch.setattr(splitter, "random_split", leaky)
     with pytest.raises(RuntimeError, match=r"splits.json not written: the split is not leak-free.*img0000"):
-        splitter.split_cache(path, seed=3)
+        splitter.split_cache(path, seed=3, force=True)
     assert (path / cache.SPLITS).read_bytes() == before
     (path / cache.SPLITS).unlink()
     with pytest.raises(RuntimeError, match="not leak-free"):
