@@ -1,41 +1,119 @@
-"""A table of finished runs for `xalign compare`: each run's test metrics, key settings and cost side.
+"""Rows of finished runs for `xalign compare`: what produced each number, the numbers, their cost.
 
-Each row: the run's test metrics (metrics.json), key settings (config.yaml: head, loss, output
-dim, learning rate, batch size) and the cost side (run_info.json: trainable parameters, training
-wall time, inference time per 1,000 queries, peak memory).
+Each row: the run's data and backbones (metrics.json `provenance`: dataset kind, cache directory name,
+image and text backbone specs), key settings (config.yaml: head, loss, output dim, learning rate,
+batch size), the evaluated split and its gallery size (`num_images`/`num_captions`), the test metrics
+and the cost side (run_info.json: trainable parameters, training wall time, inference time per 1,000
+queries, peak memory). A run without provenance (older runs) has empty cells there, never guesses.
+
+Order: best rsum first, except that a run whose test gallery has fewer than `TINY_GALLERY` images is
+ranked after every run with a real gallery (then by rsum among themselves). Recall at K over a few
+dozen images is close to trivial, so a toy run must not top the table a reader skims; its gallery cell
+carries a mark and the table a footnote.
+
+Grouping (`group=True`): runs that differ only in `name` and `training.seed` form one row. The key is
+the canonical JSON of the config without those two keys, the cache and split fingerprints (when
+recorded: a run without them never groups with one that has them), and every other shown setting, so a
+group row shows nothing that is not true of each of its runs. Metrics become mean and sample standard
+deviation (ddof=1; none for one run), costs the mean. A group's run cell lists the names when they are
+short, else their common prefix as a glob (`mlp-seed*`), else the first name and how many more.
 """
 
+import copy
 import json
+import os
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from numbers import Real
 from pathlib import Path
 
 import yaml
 
 from encoding.errors import BadInput
+from pipeline.tables import Style
 
-# column → (source file, path of keys, format)
-COLUMNS = {
-    "head": ("config", ("model", "type"), "{}"),
-    "loss": ("config", ("loss", "type"), "{}"),
-    "output_dim": ("config", ("model", "output_dim"), "{}"),
-    "lr": ("config", ("training", "learning_rate"), "{:g}"),
-    "batch": ("config", ("training", "batch_size"), "{}"),
-    "split": ("metrics", ("split",), "{}"),
-    "i2t R@1": ("metrics", ("i2t", "R@1"), "{:.1f}"),
-    "i2t R@5": ("metrics", ("i2t", "R@5"), "{:.1f}"),
-    "i2t R@10": ("metrics", ("i2t", "R@10"), "{:.1f}"),
-    "t2i R@1": ("metrics", ("t2i", "R@1"), "{:.1f}"),
-    "t2i R@5": ("metrics", ("t2i", "R@5"), "{:.1f}"),
-    "t2i R@10": ("metrics", ("t2i", "R@10"), "{:.1f}"),
-    "rsum": ("metrics", ("rsum",), "{:.1f}"),
-    "zero-shot top-1": ("metrics", ("zeroshot", "top1"), "{:.1f}"),
-    "params": ("info", ("trainable_parameters",), "{:,}"),
-    "train s": ("info", ("train_seconds",), "{:.1f}"),
-    "ms / 1k queries": ("info", ("inference_ms_per_1000_queries",), "{:.1f}"),
-    "peak MB": ("info", ("peak_memory_mb",), "{:.0f}"),
-}
+TINY_GALLERY = 100
+FOOTNOTE = f"test gallery under {TINY_GALLERY} images: recall at K is close to trivial"
+FILES = {"metrics": "metrics.json", "info": "run_info.json", "config": "config.yaml"}
 
 
-def _lookup(source: dict, keys: tuple[str, ...]):
+@dataclass(frozen=True)
+class Column:
+    """One logical column: where its value lives, how it is shown, and what kind it is.
+
+    kind: `setting` (same across a group), `metric` (mean ± std), `cost` (mean), `fingerprint` (CSV only).
+    """
+
+    name: str
+    source: str
+    keys: tuple[str, ...]
+    fmt: str = "{}"
+    kind: str = "setting"
+    then: Callable | None = None  # applied to a present value, e.g. a path → its directory name
+
+
+def _dir_name(path) -> str:
+    return Path(str(path)).name
+
+
+def _short(fingerprint) -> str:
+    return str(fingerprint)[:8]
+
+
+def _metric(name: str, *keys: str) -> Column:
+    return Column(name, "metrics", keys, "{:.1f}", "metric")
+
+
+COLUMNS = [
+    Column("dataset", "metrics", ("provenance", "dataset", "kind")),
+    Column("cache", "metrics", ("provenance", "cache"), then=_dir_name),
+    Column("image backbone", "metrics", ("provenance", "image_model", "spec")),
+    Column("text backbone", "metrics", ("provenance", "text_model", "spec")),
+    Column("head", "config", ("model", "type")),
+    Column("loss", "config", ("loss", "type")),
+    Column("output_dim", "config", ("model", "output_dim")),
+    Column("lr", "config", ("training", "learning_rate"), "{:g}"),
+    Column("batch", "config", ("training", "batch_size")),
+    Column("split", "metrics", ("split",)),
+    *(_metric(f"{d} R@{k}", d, f"R@{k}") for d in ("i2t", "t2i") for k in (1, 5, 10)),
+    _metric("rsum", "rsum"),
+    _metric("zero-shot top-1", "zeroshot", "top1"),
+    Column("params", "info", ("trainable_parameters",), "{:,.0f}", "cost"),
+    Column("train s", "info", ("train_seconds",), "{:.1f}", "cost"),
+    Column("ms / 1k queries", "info", ("inference_ms_per_1000_queries",), "{:.1f}", "cost"),
+    Column("peak MB", "info", ("peak_memory_mb",), "{:.0f}", "cost"),
+    Column("cache fingerprint", "metrics", ("provenance", "cache_fingerprint"), kind="fingerprint", then=_short),
+    Column("splits fingerprint", "metrics", ("provenance", "splits_fingerprint"), kind="fingerprint", then=_short),
+]
+GALLERY = (  # numbers, shown together as one "images/captions" cell
+    Column("test images", "metrics", ("num_images",), "{:d}"),
+    Column("test captions", "metrics", ("num_captions",), "{:d}"),
+)
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation of a metric over a group's runs (std None for one run)."""
+
+    mean: float
+    std: float | None
+
+
+@dataclass(frozen=True)
+class Row:
+    """One table row: its runs' names, the (images, captions) gallery and column name → value or Stat."""
+
+    runs: tuple[str, ...]
+    gallery: tuple
+    cells: dict
+
+    @property
+    def tiny(self) -> bool:
+        return self.gallery[0] is not None and self.gallery[0] < TINY_GALLERY
+
+
+def _lookup(source, keys: tuple[str, ...]):
     for key in keys:
         if not isinstance(source, dict) or key not in source:
             return None
@@ -43,33 +121,154 @@ def _lookup(source: dict, keys: tuple[str, ...]):
     return source
 
 
+def _load(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        data = (yaml.safe_load if path.suffix == ".yaml" else json.loads)(path.read_text())
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise BadInput(f"{path}: cannot be read ({err})") from err
+    if not isinstance(data, dict | None):
+        raise BadInput(f"{path}: expected a mapping, found {type(data).__name__}")
+    return data or {}
+
+
 def read_run(run_dir: Path) -> dict | None:
-    """{'run', 'config', 'metrics', 'info'} of a run directory, or None without metrics.json."""
+    """{'run', 'dir', 'config', 'metrics', 'info'} of a run directory, or None without metrics.json."""
     run_dir = Path(run_dir)
-    if not (run_dir / "metrics.json").is_file():
+    if not (run_dir / FILES["metrics"]).is_file():
         return None
-    files = {"metrics": "metrics.json", "info": "run_info.json", "config": "config.yaml"}
-    run = {"run": run_dir.name}
-    for name, file in files.items():
-        path = run_dir / file
-        try:
-            run[name] = (
-                (yaml.safe_load if file.endswith(".yaml") else json.loads)(path.read_text()) if path.is_file() else {}
-            )
-        except (json.JSONDecodeError, yaml.YAMLError) as err:
-            raise BadInput(f"{path}: cannot be read ({err})") from err
-    return run
+    return {"run": run_dir.name, "dir": run_dir, **{name: _load(run_dir / file) for name, file in FILES.items()}}
 
 
-def column_formats(header: list[str]) -> list[str]:
-    """Formats of the columns `table_rows` returned (the run name first)."""
-    return ["{}"] + [COLUMNS[name][2] for name in header[1:]]
+def value(run: dict, column: Column):
+    """The column's value in a run (None when absent); a number where the format needs one, else BadInput."""
+    found = _lookup(run[column.source], column.keys)
+    if found is None:
+        return None
+    numeric = column.fmt != "{}"
+    if numeric and (isinstance(found, bool) or not isinstance(found, Real)):
+        where = run["dir"] / FILES[column.source]
+        raise BadInput(f"{where}: {'.'.join(column.keys)} is {found!r}, not a number")
+    return column.then(found) if column.then else found
 
 
-def table_rows(runs: list[dict]) -> tuple[list[str], list[list]]:
-    """(header, rows of raw values) sorted by rsum, best first; columns no run has are dropped."""
-    runs = sorted(runs, key=lambda r: -(_lookup(r["metrics"], ("rsum",)) or float("-inf")))
-    values = [[_lookup(r[src], keys) for src, keys, _ in COLUMNS.values()] for r in runs]
-    keep = [i for i in range(len(COLUMNS)) if any(row[i] is not None for row in values)]
-    header = ["run"] + [list(COLUMNS)[i] for i in keep]
-    return header, [[r["run"]] + [row[i] for i in keep] for r, row in zip(runs, values)]
+def _stat(values: list) -> Stat | None:
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    return Stat(statistics.mean(present), statistics.stdev(present) if len(present) > 1 else None)
+
+
+def _group_key(run: dict) -> str:
+    config = copy.deepcopy(run["config"])
+    config.pop("name", None)
+    if isinstance(config.get("training"), dict):
+        config["training"].pop("seed", None)
+    shown = [value(run, c) for c in (*COLUMNS, *GALLERY) if c.kind in ("setting", "fingerprint")]
+    return json.dumps({"config": config, "shown": shown}, sort_keys=True, default=str)
+
+
+def _row(runs: list[dict]) -> Row:
+    first = runs[0]
+    cells = {
+        c.name: value(first, c) if c.kind in ("setting", "fingerprint") else _stat([value(r, c) for r in runs])
+        for c in COLUMNS
+    }
+    return Row(tuple(sorted(r["run"] for r in runs)), tuple(value(first, c) for c in GALLERY), cells)
+
+
+def _rank(row: Row) -> tuple:
+    rsum = row.cells["rsum"]
+    return (row.tiny, -rsum.mean if rsum else float("inf"))
+
+
+def table_rows(runs: list[dict], group: bool = False) -> list[Row]:
+    """One row per run, or per group of seeds with `group`; sorted as the module docstring says."""
+    if not group:
+        return sorted((_row([run]) for run in runs), key=_rank)
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(_group_key(run), []).append(run)
+    return sorted((_row(members) for members in groups.values()), key=_rank)
+
+
+def run_label(names: tuple[str, ...], width: int = 30) -> str:
+    """A short name for a row's runs: the names, or their common prefix as a glob, or the first and a count."""
+    if len(names) == 1 or len(", ".join(names)) <= width:
+        return ", ".join(names)
+    prefix = os.path.commonprefix(names)
+    return f"{prefix}*" if prefix else f"{names[0]} +{len(names) - 1}"
+
+
+def shown_columns(rows: list[Row], kinds: tuple[str, ...]) -> list[Column]:
+    """The columns of these kinds that at least one row has a value for."""
+    return [c for c in COLUMNS if c.kind in kinds and any(row.cells[c.name] is not None for row in rows)]
+
+
+def _has_gallery(rows: list[Row]) -> bool:
+    return any(row.gallery[0] is not None for row in rows)
+
+
+def _gallery_text(row: Row, style: Style) -> str:
+    images, captions = row.gallery
+    if images is None:
+        return ""
+    text = f"{images}/{captions}" if captions is not None else f"{images}"
+    return text + (style.mark if row.tiny else "")
+
+
+def _number_text(stat: Stat | None, column: Column, style: Style) -> str:
+    if stat is None:
+        return ""
+    text = column.fmt.format(stat.mean)
+    if column.kind == "metric" and stat.std is not None:
+        text += style.pm + column.fmt.format(stat.std)
+    return text
+
+
+def display_table(rows: list[Row], group: bool, style: Style) -> tuple[list[str], list[list[str]], str]:
+    """(header, cell texts, alignment letters) for markdown or LaTeX; `style` gives ±, † and escaping."""
+    settings, numbers = shown_columns(rows, ("setting",)), shown_columns(rows, ("metric", "cost"))
+    gallery = _has_gallery(rows)
+    header = ["run", *(["seeds"] if group else []), *(c.name for c in settings)]
+    header += [*(["test gallery"] if gallery else []), *(c.name for c in numbers)]
+    align = "l" + "r" * group + "l" * len(settings) + "r" * (gallery + len(numbers))
+    cells = []
+    for row in rows:
+        line = [style.escape(run_label(row.runs)), *([str(len(row.runs))] if group else [])]
+        line += [style.escape("" if row.cells[c.name] is None else c.fmt.format(row.cells[c.name])) for c in settings]
+        line += [_gallery_text(row, style)] if gallery else []
+        cells.append(line + [_number_text(row.cells[c.name], c, style) for c in numbers])
+    return [style.escape(name) for name in header], cells, align
+
+
+def footnotes(rows: list[Row], style: Style) -> list[str]:
+    """The note under the table when a row's gallery is marked as tiny."""
+    return [style.note + style.escape(FOOTNOTE)] if any(row.tiny for row in rows) else []
+
+
+def _number_columns(column: Column, group: bool) -> list[str]:
+    if not group:
+        return [column.name]
+    return [f"{column.name} mean"] + ([f"{column.name} std"] if column.kind == "metric" else [])
+
+
+def _number_values(stat: Stat | None, column: Column, group: bool) -> list:
+    values = [None, None] if stat is None else [stat.mean, stat.std]
+    return values[: len(_number_columns(column, group))]
+
+
+def csv_table(rows: list[Row], group: bool) -> tuple[list[str], list[list]]:
+    """(header, raw values): gallery as two numbers, fingerprints shortened, mean and std apart in groups."""
+    settings, numbers = shown_columns(rows, ("setting",)), shown_columns(rows, ("metric", "cost"))
+    prints, gallery = shown_columns(rows, ("fingerprint",)), _has_gallery(rows)
+    header = ["run", *(["seeds"] if group else []), *(c.name for c in settings)]
+    header += [*(c.name for c in GALLERY if gallery), *(n for c in numbers for n in _number_columns(c, group))]
+    values = []
+    for row in rows:
+        line = [";".join(row.runs), *([len(row.runs)] if group else []), *(row.cells[c.name] for c in settings)]
+        line += list(row.gallery) if gallery else []
+        line += [v for c in numbers for v in _number_values(row.cells[c.name], c, group)]
+        values.append(line + [row.cells[c.name] for c in prints])
+    return header + [c.name for c in prints], values

@@ -1,7 +1,9 @@
-"""Text tables of results: a run's metrics with chance levels, and rows of runs as markdown or CSV."""
+"""Text tables of results: a run's metrics with chance levels, and rows of runs as markdown, LaTeX or CSV."""
 
 import csv
 import io
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from pipeline.metrics import chance_recall
 
@@ -32,15 +34,56 @@ def metrics_table(metrics: dict, ks=(1, 5, 10), with_chance: bool = False) -> st
     return "\n".join(lines)
 
 
-def markdown(header: list[str], rows: list[list], formats: list[str]) -> str:
-    """A markdown table; `formats[i]` formats column i's values (empty cells for None)."""
-    cells = [[("" if v is None else f.format(v)) for f, v in zip(formats, row)] for row in rows]
+@dataclass(frozen=True)
+class Style:
+    """How a layout writes ± (pm), the † after a flagged cell (mark) and before its note line, and plain text."""
+
+    pm: str
+    mark: str
+    note: str
+    escape: Callable[[str], str]
+
+
+LATEX_SPECIALS = {
+    "\\": r"\textbackslash{}",
+    "_": r"\_",
+    "%": r"\%",
+    "&": r"\&",
+    "#": r"\#",
+    "$": r"\$",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def latex_escape(text: str) -> str:
+    """Text with LaTeX's special characters escaped, so it prints as written."""
+    return "".join(LATEX_SPECIALS.get(char, char) for char in text)
+
+
+MARKDOWN = Style(pm=" ± ", mark=" †", note="† ", escape=lambda text: text.replace("|", "\\|"))
+LATEX = Style(pm=r" $\pm$ ", mark=r"\textsuperscript{\dag}", note=r"\textsuperscript{\dag}\,", escape=latex_escape)
+
+
+def markdown(header: list[str], cells: list[list[str]], notes: list[str] = ()) -> str:
+    """A markdown table of cell texts, then a blank line and the notes."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join(lines + ([""] + list(notes) if notes else []))
+
+
+def latex(header: list[str], cells: list[list[str]], align: str, notes: list[str] = ()) -> str:
+    """A booktabs tabular of cell texts (already escaped); notes span the table under the bottom rule."""
+    lines = [rf"\begin{{tabular}}{{{align}}}", r"\toprule", " & ".join(header) + r" \\", r"\midrule"]
+    lines += [" & ".join(row) + r" \\" for row in cells]
+    lines += [r"\bottomrule"] + [rf"\multicolumn{{{len(header)}}}{{l}}{{\footnotesize {note}}} \\" for note in notes]
+    return "\n".join(lines + [r"\end{tabular}"])
 
 
 def csv_text(header: list[str], rows: list[list]) -> str:
-    """The same rows as CSV (raw values)."""
+    """Rows as CSV (raw values, empty cells for None)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)

@@ -13,7 +13,7 @@ def fake_run(root, name: str, rsum: float, head: str = "mlp", with_info: bool = 
     run = root / name
     run.mkdir(parents=True)
     recalls = {"R@1": rsum / 6, "R@5": rsum / 6, "R@10": rsum / 6, "median_rank": 2.0, "mean_rank": 3.0}
-    metrics = {"split": "test", "num_images": 10, "num_captions": 20, "i2t": recalls, "t2i": recalls, "rsum": rsum}
+    metrics = {"split": "test", "num_images": 1000, "num_captions": 5000, "i2t": recalls, "t2i": recalls, "rsum": rsum}
     (run / "metrics.json").write_text(json.dumps(metrics))
     config = {
         "name": name,
@@ -43,13 +43,13 @@ def test_compare_markdown_sorted_by_rsum(tmp_path, capsys):
     assert cli.main(["compare", *map(str, runs), str(tmp_path / "optuna")]) == 0
     captured = capsys.readouterr()
     lines = captured.out.strip().splitlines()
-    assert lines[0].startswith("| run | head | loss | output_dim | lr | batch | split | i2t R@1")
+    assert lines[0].startswith("| run | head | loss | output_dim | lr | batch | split | test gallery | i2t R@1")
     assert "params | train s | ms / 1k queries | peak MB |" in lines[0]
     assert [line.split("|")[1].strip() for line in lines[2:]] == ["high", "mid", "low"]
-    assert "| high | linear | clip | 64 | 0.0003 | 32 | test | 70.0 |" in lines[2]
+    assert "| high | linear | clip | 64 | 0.0003 | 32 | test | 1000/5000 | 70.0 |" in lines[2]
     assert lines[2].endswith("| 420.0 | 12,345 | 4.2 | 1.5 | 800 |")
     assert lines[3].endswith("| 300.0 |  |  |  |  |")
-    assert "skipping" in captured.err and "optuna" in captured.err
+    assert "skipping" in captured.err and "optuna" in captured.err and "warning" not in captured.err
 
 
 def test_compare_csv_and_out_file(tmp_path, capsys):
