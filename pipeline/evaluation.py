@@ -1,8 +1,9 @@
 """Retrieval (and zero-shot) metrics of a trained head run, or of a cache's raw embeddings.
 
 A run directory written by `xalign train` holds `best.pt` (loaded without unpickling) and its config;
-`evaluate_run` embeds a split of its cache (or of another cache with the same dims) through the heads
-in fp32; `evaluate_cache` scores the raw embeddings of backbones that share one space.
+`evaluate_run` embeds a split of its cache (or of another cache of the same backbones) through the
+heads in fp32, refusing data the run was not trained on (`pipeline.provenance`); `evaluate_cache`
+scores the raw embeddings of backbones that share one space. Both return metrics with their provenance.
 """
 
 from pathlib import Path
@@ -12,6 +13,7 @@ import yaml
 
 from encoding.errors import BadInput
 from encoding.runtime import resolve_device
+from pipeline import provenance
 from pipeline.config import from_dict
 from pipeline.data import load_splits
 from pipeline.metrics import retrieval_metrics
@@ -55,12 +57,25 @@ def evaluate_run(
     device: str = "cpu",
     zeroshot: ZeroShotOptions | None = None,
     checkpoint: str = "best.pt",
+    allow_new_split: bool = False,
+    verify: bool = True,
 ) -> dict:
-    """Metrics of a run's heads on `split` of its cache (or of `cache_dir`)."""
+    """Metrics of a run's heads on `split` of its cache (or of `cache_dir`), with their provenance.
+
+    Refused (`BadInput`): the run's cache changed since training, its split was re-made (unless
+    `allow_new_split`), or `cache_dir` holds embeddings of other backbones.
+    """
     config, model, dims = load_run(run_dir, checkpoint)
-    cache_dir = cache_dir or run_cache(run_dir, config)
+    data_dir = cache_dir or run_cache(run_dir, config)
+    current = provenance.describe(data_dir, config)
+    trained = provenance.recorded(run_dir)
+    if trained is None:
+        print(f"warning: {run_dir} records no provenance (an older run); its cache and split are not checked")
+    else:
+        current = provenance.check_evaluation(run_dir, trained, current, cache_dir is not None, allow_new_split)
+    cache_dir = data_dir
     target = resolve_device(device)
-    data = load_splits(cache_dir, [split])[split].to(target)
+    data = load_splits(cache_dir, [split], verify=verify)[split].to(target)
     model.to(target)
     if tuple(data.dims) != dims:
         raise BadInput(f"{cache_dir}: embedding dims {tuple(data.dims)} differ from the run's heads {dims}")
@@ -68,15 +83,20 @@ def evaluate_run(
     metrics = {"split": split, **retrieval_metrics(image, text, data.caption_image_index, ks)}
     if zeroshot is not None:
         metrics["zeroshot"] = zeroshot_metrics(cache_dir, data.labels, image, model.encode_text, zeroshot, target)
-    return metrics
+    return {**metrics, "provenance": current}
 
 
 def evaluate_cache(
-    cache_dir: Path, split: str = "test", ks=(1, 5, 10), device: str = "cpu", zeroshot: ZeroShotOptions | None = None
+    cache_dir: Path,
+    split: str = "test",
+    ks=(1, 5, 10),
+    device: str = "cpu",
+    zeroshot: ZeroShotOptions | None = None,
+    verify: bool = True,
 ) -> dict:
     """Metrics of a cache's raw, L2-normalised embeddings on `split` (image and text dims must be equal)."""
     target = resolve_device(device)
-    data = load_splits(cache_dir, [split])[split].to(target)
+    data = load_splits(cache_dir, [split], verify=verify)[split].to(target)
     if data.image.shape[1] != data.text.shape[1]:
         raise BadInput(
             f"{cache_dir}: image dim {data.image.shape[1]} != text dim {data.text.shape[1]}; raw embeddings "
@@ -86,7 +106,7 @@ def evaluate_cache(
     metrics = {"split": split, **retrieval_metrics(image, text, data.caption_image_index, ks)}
     if zeroshot is not None:
         metrics["zeroshot"] = zeroshot_metrics(cache_dir, data.labels, image, None, zeroshot, target)
-    return metrics
+    return {**metrics, "provenance": provenance.describe(cache_dir)}
 
 
 def default_run_output(run_dir: Path, split: str, cache_dir: Path | None) -> str:

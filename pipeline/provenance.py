@@ -122,3 +122,21 @@ def check_resume(run_dir: Path, config, trained: dict, current: dict) -> None:
             f"{config_file}: --resume continues the recorded run, but the config differs in {details}; "
             f"only {' and '.join(EXTENDABLE)} may change on resume: {way_out}"
         )
+
+
+def check_evaluation(run_dir: Path, trained: dict, current: dict, other_cache: bool, allow_new_split: bool) -> dict:
+    """The provenance of a run's metrics on `current` data, after refusing data it does not fit.
+
+    `other_cache` (`--cache DIR`): another cache of the same backbones is fine. The run's own cache
+    must be unchanged and its split the trained one, unless `allow_new_split` (then the metrics
+    record the split the run was trained on next to the new one).
+    """
+    if other_cache and trained["cache_fingerprint"] != current["cache_fingerprint"]:
+        check_same_backbones(run_dir, trained, current)
+        return current
+    check_same_cache(run_dir, trained, current, "retrain, or evaluate on purpose with --cache DIR")
+    if trained["splits_fingerprint"] == current["splits_fingerprint"]:
+        return current
+    if not allow_new_split:
+        check_same_split(run_dir, trained, current, "pass --allow-new-split to evaluate on the new split anyway")
+    return {**current, "trained_on_splits_fingerprint": trained["splits_fingerprint"]}

@@ -87,11 +87,12 @@ def write_gallery(test: SplitTensors, image: torch.Tensor, text: torch.Tensor, p
     return True
 
 
-def report_run(trainer, test: SplitTensors, split_name: str, out_dir: Path) -> dict:
-    """Evaluate the trainer's current (best) weights on `test`; write metrics.json, figures and run_info.json."""
+def report_run(trainer, test: SplitTensors, split_name: str, out_dir: Path, provenance: dict) -> dict:
+    """Evaluate the trainer's current (best) weights on `test`; write metrics.json (with `provenance`),
+    figures and run_info.json."""
     image, text = trainer.embed(test)
     test = test.to(image.device)
-    metrics = {"split": split_name, **retrieval_metrics(image, text, test.caption_image_index)}
+    metrics = {"split": split_name, **retrieval_metrics(image, text, test.caption_image_index), "provenance": provenance}
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     training_curves(trainer.history, out_dir / "training_curves.png")
     figures = ["training_curves.png", *write_projections(test, image, text, out_dir)]

@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ks", default="1,5,10", help="comma-separated K values (default 1,5,10)")
     p.add_argument("--checkpoint", default="best.pt", help="checkpoint file in RUN_DIR (best.pt or last.pt)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--allow-new-split", action="store_true", help="evaluate a run on a split re-made since training")
+    p.add_argument("--no-verify", dest="verify", action="store_false", help="skip hashing the cache's shards")
     z = p.add_argument_group("zero-shot classification (caches with image labels)")
     z.add_argument("--zeroshot", action="store_true", help="add top-1/top-5 accuracy from class-name prompts")
     z.add_argument("--classes", type=Path, help="JSON list of class names (default: classes.json in the data root)")
@@ -51,10 +53,13 @@ def main(argv=None) -> int:
     ks = parse_ks(args.ks)
     zeroshot = ZeroShotOptions(args.classes, args.templates, args.prompt_cache) if args.zeroshot else None
     if args.run_dir is None:
-        metrics = evaluate_cache(args.cache, args.split, ks, args.device, zeroshot)
+        metrics = evaluate_cache(args.cache, args.split, ks, args.device, zeroshot, args.verify)
         out = args.out or args.cache / f"metrics-{args.split}.json"
     else:
-        metrics = evaluate_run(args.run_dir, args.split, ks, args.cache, args.device, zeroshot, args.checkpoint)
+        metrics = evaluate_run(
+            args.run_dir, args.split, ks, args.cache, args.device, zeroshot, args.checkpoint, args.allow_new_split,
+            args.verify,
+        )
         out = args.out or args.run_dir / default_run_output(args.run_dir, args.split, args.cache)
     Path(out).write_text(json.dumps(metrics, indent=2))
     print(metrics_table(metrics, ks))
