@@ -2,18 +2,25 @@
 checkpoint, report on the test split.
 
 A run's name is one path component (letters, digits, `._-`); an existing run is never replaced
-silently: continuing it takes `resume`, replacing it `overwrite`, and only `results/<name>/` itself is
-ever deleted.
+silently: continuing it takes `resume`, replacing it `overwrite`. A process writing a run holds its
+lock (`pipeline.run_lock`) from before anything is deleted until the run is reported, so a second
+writer (`--resume` and `--overwrite` included) is refused naming the holder's pid. Under torchrun rank 0
+alone locks and clears the directory: every rank of one job writes the same run. Only the contents of
+`results/<name>/` are ever deleted, and never its lock file.
 """
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from encoding.errors import BadInput
+from encoding.runtime import torchrun_env
 from pipeline.config import save_config
 from pipeline.data import load_splits
 from pipeline.report import report_run
+from pipeline.run_lock import LOCK_FILE, run_lock
 from pipeline.schema import check_run_name
 from pipeline.training.loop import Trainer, TrainResult
 
@@ -27,19 +34,43 @@ class RunOutcome:
     metrics: dict | None  # test metrics; None on torchrun ranks other than 0
 
 
-def prepare_run_dir(name: str, resume: bool, overwrite: bool, results: Path = RESULTS) -> Path:
-    """`results/<name>`, checked against `resume` / `overwrite`."""
-    out_dir = results / check_run_name(name)
+def check_run_state(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """BadInput unless `resume` / `overwrite` fit what `out_dir` holds."""
     has_run = (out_dir / "last.pt").exists()
     if resume and overwrite:
         raise BadInput("--resume and --overwrite exclude each other")
     if resume and not has_run:
         raise BadInput(f"{out_dir / 'last.pt'}: nothing to resume")
     if has_run and not (resume or overwrite):
-        raise BadInput(f"{out_dir}: a run named '{name}' exists; pass --resume to continue it or --overwrite")
-    if overwrite and out_dir.exists():
-        shutil.rmtree(out_dir)
-    return out_dir
+        raise BadInput(f"{out_dir}: a run named '{out_dir.name}' exists; pass --resume to continue it or --overwrite")
+
+
+def clear_run_dir(out_dir: Path) -> None:
+    """Delete everything in `out_dir` but its lock file; a symbolic link is removed, never followed."""
+    if out_dir.is_symlink():
+        raise BadInput(f"{out_dir}: is a symbolic link; --overwrite replaces only a real run directory")
+    for entry in out_dir.iterdir():
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+@contextmanager
+def writing_run(name: str, resume: bool, overwrite: bool, results: Path = RESULTS) -> Iterator[Path]:
+    """`results/<name>`, locked for the block, checked against `resume` / `overwrite` and, with
+    `overwrite`, emptied first."""
+    out_dir = results / check_run_name(name)
+    if resume:  # refused before the lock creates the directory
+        check_run_state(out_dir, resume, overwrite)
+    rank = torchrun_env()[0]
+    with run_lock(out_dir) if rank == 0 else nullcontext(out_dir):
+        check_run_state(out_dir, resume, overwrite)
+        if overwrite and rank == 0:
+            clear_run_dir(out_dir)
+        yield out_dir
 
 
 def train_run(trainer_class: type[Trainer], config, out_dir: Path, resume: bool = False) -> RunOutcome:

@@ -9,14 +9,24 @@ import sys
 from encoding.errors import BadInput
 
 BENCHMARKS = {
-    "train": "pipeline.bench.train",
-    "eval": "pipeline.bench.eval",
-    "encode": "pipeline.bench.encode",
+    "train": ("pipeline.bench.train", "head-training throughput: engine vs the limit and the naive loop"),
+    "eval": ("pipeline.bench.eval", "retrieval metrics: chunked vs the bare similarity matmul"),
+    "encode": ("pipeline.bench.encode", "encoding throughput: the pipeline vs the bare forward pass"),
 }
+
+
+def usage() -> str:
+    width = max(map(len, BENCHMARKS))
+    rows = "\n".join(f"  {name:<{width}}  {text}" for name, (_, text) in BENCHMARKS.items())
+    return f"{__doc__}\nbenchmarks:\n{rows}\n\n`xalign bench <benchmark> --help` for a benchmark's options."
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
     if not argv or argv[0] not in BENCHMARKS:
-        raise BadInput(f"bench: choose one of {', '.join(BENCHMARKS)} (e.g. `xalign bench train --help`)")
-    return importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:])
+        given = f"'{argv[0]}' is not a benchmark" if argv else "no benchmark given"
+        raise BadInput(f"bench: {given}; choose one of {', '.join(BENCHMARKS)} (e.g. `xalign bench train --help`)")
+    return importlib.import_module(BENCHMARKS[argv[0]][0]).main(argv[1:])

@@ -4,7 +4,12 @@ Nothing imports these modules but `pipeline.cli`; the work is done by the librar
 """
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from encoding.errors import BadInput
+from pipeline.training.loop import NonFiniteLoss
 
 
 def training_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -15,3 +20,12 @@ def training_parser(prog: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from results/<name>/last.pt")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
     return p
+
+
+@contextmanager
+def naming_config(path: Path) -> Iterator[None]:
+    """A run that diverges (`NonFiniteLoss`) is reported against the config file whose settings to change."""
+    try:
+        yield
+    except NonFiniteLoss as err:
+        raise BadInput(f"{path}: {err}") from err

@@ -17,10 +17,10 @@ from encoding.errors import BadInput
 from pipeline.backbone.bench import bench_training_step
 from pipeline.backbone.config import from_dict
 from pipeline.backbone.trainer import BackboneTrainer
-from pipeline.commands import training_parser
+from pipeline.commands import naming_config, training_parser
 from pipeline.config import load_config
 from pipeline.data import load_splits
-from pipeline.runs import prepare_run_dir, train_run
+from pipeline.runs import train_run, writing_run
 from pipeline.tables import metrics_table
 
 
@@ -42,8 +42,8 @@ def main(argv=None) -> int:
         trainer = BackboneTrainer(config, splits[d.train_split], splits[d.val_split])
         print(json.dumps(bench_training_step(trainer, args.bench_steps)))
         return 0
-    out_dir = prepare_run_dir(config.name, args.resume, args.overwrite)
-    run = train_run(BackboneTrainer, config, out_dir, resume=args.resume)
+    with writing_run(config.name, args.resume, args.overwrite) as out_dir, naming_config(args.config):
+        run = train_run(BackboneTrainer, config, out_dir, resume=args.resume)
     result = run.result
     print(
         f"{config.name}: best val rsum {result.best_rsum:.1f} at epoch {result.best_epoch + 1} "

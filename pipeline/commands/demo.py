@@ -3,8 +3,13 @@
 Builds N digit scenes from scikit-learn's bundled digits, encodes them (timm ResNet-18, randomly
 initialised since no weights can be downloaded; the real MiniLM sentence-transformers model for
 text), splits by image, trains the `configs/heads/demo.yaml` head pair, evaluates on the test split
-and prints R@K next to chance. Outputs: DIR/data/demo/N, DIR/pretrain_encoded/demo-N, DIR/results/demo
-(an earlier demo run there is replaced, with a note; any other directory there is refused).
+and prints R@K next to chance. Outputs: DIR/data/demo/N, DIR/pretrain_encoded/demo-N, DIR/results/demo.
+
+The demo marks every run it trains with a `.xalign-demo` file, and replaces DIR/results/<name> (with a
+note) only when it holds that mark: an earlier demo run. Any other directory there, a user's own
+`xalign train` run of the same name included, is refused before anything is encoded (move it or pass
+another --out). The check is repeated under the run directory's lock, and the replacement deletes only
+that directory's contents.
 """
 
 import argparse
@@ -15,14 +20,17 @@ from encoding import cache
 from encoding.encode import EncodeRequest, encode_cache
 from encoding.errors import BadInput
 from encoding.split import split_cache
+from pipeline.commands import naming_config
 from pipeline.config import load_config
-from pipeline.runs import prepare_run_dir, train_run
+from pipeline.run_lock import LOCK_FILE, run_lock
+from pipeline.runs import clear_run_dir, train_run
 from pipeline.tables import metrics_table
 from pipeline.training.heads import HeadTrainer
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "heads" / "demo.yaml"
 IMAGE_MODEL = "timm:resnet18"
 TEXT_MODEL = "st:sentence-transformers/all-MiniLM-L6-v2"
+MARK = ".xalign-demo"  # in every run the demo trains: only a run holding it is replaced
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +42,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def earlier_demo_run(run_dir: Path) -> bool:
+    """True when `run_dir` holds a run the demo wrote (to be replaced); False when there is nothing to keep
+    (no directory, or one holding only a lock file); BadInput for anything else."""
+    if not run_dir.exists() and not run_dir.is_symlink():
+        return False
+    if run_dir.is_dir() and not run_dir.is_symlink():
+        if (run_dir / MARK).is_file():
+            return True
+        if {entry.name for entry in run_dir.iterdir()} <= {LOCK_FILE}:
+            return False
+    raise BadInput(
+        f"{run_dir}: exists and is not a run written by `xalign demo` (it has no {MARK}); "
+        "move it away or pass another --out"
+    )
+
+
+def train_demo_run(config, config_path: Path, run_dir: Path):
+    """Train `config` into `run_dir` under its lock, replacing an earlier demo run there."""
+    with run_lock(run_dir):
+        if earlier_demo_run(run_dir):
+            print(f"note: replacing the earlier demo run in {run_dir}")
+            clear_run_dir(run_dir)
+        (run_dir / MARK).write_text("written by `xalign demo`, which replaces this run when it runs again\n")
+        with naming_config(config_path):
+            return train_run(HeadTrainer, config, run_dir)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.images < 50:
@@ -42,8 +77,7 @@ def main(argv=None) -> int:
     cache_dir = args.out / "pretrain_encoded" / f"demo-{args.images}"
     config = load_config(args.config, [f"data.cache={cache_dir}", *args.overrides])
     run_dir = args.out / "results" / config.name
-    if run_dir.exists() and not (run_dir / "config.yaml").is_file():
-        raise BadInput(f"{run_dir}: exists and is not a run directory; move it or pass another --out")
+    earlier_demo_run(run_dir)  # refuse a directory the demo may not replace before encoding anything
     print(f"[1/4] encoding {args.images} demo scenes into {cache_dir}")
     request = EncodeRequest(
         dataset="demo",
@@ -64,10 +98,7 @@ def main(argv=None) -> int:
         print("[2/4] image-level split")
         split_cache(cache_dir, val=0.1, test=0.2, tuning=min(500, args.images // 3), seed=0)
     print(f"[3/4] training heads ({args.config})")
-    if run_dir.exists():
-        print(f"note: replacing the earlier demo run in {run_dir}")
-    run_dir = prepare_run_dir(config.name, resume=False, overwrite=True, results=args.out / "results")
-    run = train_run(HeadTrainer, config, run_dir)
+    run = train_demo_run(config, args.config, run_dir)
     print(f"[4/4] test retrieval (best epoch {run.result.best_epoch + 1} of {run.result.epochs_run})")
     print(metrics_table(run.metrics, with_chance=True))
     print(f"results in {run_dir} ({time.perf_counter() - start:.0f}s in all)")

@@ -2,14 +2,16 @@
 
 Writes `results/<name>/` under the working directory: config.yaml (fully resolved), best.pt,
 last.pt, history.jsonl, training_curves.png, metrics.json (test split) and run_info.json (cost side:
-trainable parameters, wall time, peak memory). Prints a line per epoch.
+trainable parameters, wall time, peak memory). Prints a line per epoch. The run directory is locked
+while it is written: a second `xalign train` (or `--resume`) of the same name exits 2 naming the
+first one's pid.
 """
 
 import argparse
 
-from pipeline.commands import training_parser
+from pipeline.commands import naming_config, training_parser
 from pipeline.config import load_config
-from pipeline.runs import prepare_run_dir, train_run
+from pipeline.runs import train_run, writing_run
 from pipeline.tables import metrics_table
 from pipeline.training.heads import HeadTrainer
 
@@ -21,8 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     config = load_config(args.config, args.overrides)
-    out_dir = prepare_run_dir(config.name, args.resume, args.overwrite)
-    run = train_run(HeadTrainer, config, out_dir, resume=args.resume)
+    with writing_run(config.name, args.resume, args.overwrite) as out_dir, naming_config(args.config):
+        run = train_run(HeadTrainer, config, out_dir, resume=args.resume)
     if run.metrics is None:
         return 0
     result = run.result

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from encoding.errors import BadInput
 from encoding.runtime import resolve_precision
 from pipeline.data import SplitTensors
 from pipeline.metrics import retrieval_metrics
@@ -38,8 +39,11 @@ from pipeline.training.distributed import start_distributed
 CURVES_INTERVAL_S = 30  # training_curves.png is redrawn at most this often while training
 
 
-class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or infinite."""
+DIVERGENCE_KEYS = "training.learning_rate, loss.temperature, training.warmup_steps or training.grad_clip"
+
+
+class NonFiniteLoss(BadInput):
+    """The training loss became NaN or infinite: settings the user can change (a sweep prunes the trial)."""
 
 
 @dataclass
@@ -182,7 +186,10 @@ class Trainer:
                 self.optimizer_step()
         mean = total.item() / count
         if not math.isfinite(mean):
-            raise NonFiniteLoss(f"epoch {epoch}: training loss is {mean}")
+            raise NonFiniteLoss(
+                f"epoch {epoch}: training loss is {mean}; the run diverged: check {DIVERGENCE_KEYS} "
+                "(a lower learning rate usually helps)"
+            )
         return mean
 
     def evaluate(self, split: SplitTensors) -> dict:

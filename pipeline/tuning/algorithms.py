@@ -58,13 +58,31 @@ def _construct(registry: Registry, spec: dict, where: str, **fixed):
         raise BadInput(f"{where}: {err}") from err
 
 
+SEED_STRIDE = 1_000_003  # seeds of successive study sizes differ by more than any number of workers
+
+
+def sampler_seed(seed: int, worker: int, trials: int) -> int:
+    """The seed of worker `worker` joining a study that holds `trials` trials.
+
+    A sampler reseeded with the same seed would draw the same parameters again, so a rerun (after a
+    kill, or with a larger --n-trials) would replay earlier trials. Each (worker, trials) pair gets its
+    own seed; a fresh study's first worker keeps the configured one.
+    """
+    return seed + worker + SEED_STRIDE * trials
+
+
 def build_sampler(
-    spec: dict, space: SearchSpace, worker: int = 0, where: str = "sampler"
+    spec: dict, space: SearchSpace, worker: int = 0, trials: int = 0, where: str = "sampler"
 ) -> optuna.samplers.BaseSampler:
-    """The sampler of `spec`; worker k of a parallel sweep adds k to the seed so workers draw different points."""
-    spec = {**spec, "seed": spec["seed"] + worker} if spec.get("seed") is not None else spec
-    fixed = {"search_space": space.grid()} if spec["type"] == "grid" else {}
-    return _construct(SAMPLERS, spec, where, **fixed)
+    """The sampler of `spec` for worker `worker` on a study that already holds `trials` trials (see
+    `sampler_seed`). A grid sampler keeps the configured seed in every process: the seed shuffles the
+    grid, and a trial's stored grid id means the same point only under the same shuffle (the points
+    already run are skipped anyway, so nothing is replayed)."""
+    if spec["type"] == "grid":
+        return _construct(SAMPLERS, spec, where, search_space=space.grid())
+    if spec.get("seed") is not None:
+        spec = {**spec, "seed": sampler_seed(spec["seed"], worker, trials)}
+    return _construct(SAMPLERS, spec, where)
 
 
 def build_pruner(spec: dict, where: str = "pruner") -> optuna.pruners.BasePruner:

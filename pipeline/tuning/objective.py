@@ -2,9 +2,10 @@
 
 The cache splits are loaded once, when the objective is built (once per worker process). Every epoch
 reports the metric to the trial and asks the pruner. Any error while building or training the trial's
-model (a NaN/inf loss, a combination of values a head refuses, a shape torch rejects) ends the trial
-as PRUNED with the reason in its `pruned_because` user attr: it counts as finished, TPE learns to avoid
-the region, and the sweep goes on. `applied_options` records the head/loss keys the trial applied.
+model (a NaN/inf loss, a combination of values a head refuses, a shape torch rejects), and a trial in
+which no epoch ran, ends as PRUNED with the reason in its `pruned_because` user attr: it counts as
+finished, TPE learns to avoid the region, and the sweep goes on. `applied_options` records the
+head/loss keys the trial applied.
 """
 
 import os
@@ -75,6 +76,8 @@ class Objective:
             )
             trainer.log_epochs = False
             trainer.run(on_epoch_end)
+            if not scores:
+                raise optuna.TrialPruned("no epoch ran, so there is no score")
         except optuna.TrialPruned as pruned:
             trial.set_user_attr("pruned_because", str(pruned))
             raise

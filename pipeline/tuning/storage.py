@@ -6,8 +6,14 @@ Every storage has a heartbeat, so a trial left RUNNING by a killed process is fa
 with a long busy timeout and `synchronous=NORMAL`, so several worker processes share one file
 without "database is locked" errors and each per-epoch report costs about a millisecond.
 (Optuna's JournalStorage has no heartbeat, so a killed trial would stay RUNNING forever.)
+
+A storage that cannot be used (an unknown scheme, a missing driver, an unreachable server, a path that
+cannot be written, a file that is not a database) is BadInput naming the URL with its password masked;
+the password appears in no message.
 """
 
+import contextlib
+import re
 import sqlite3
 import time
 import warnings
@@ -39,11 +45,11 @@ def open_storage(url: str, settings: TuneSettings) -> RDBStorage:
     """An RDB storage with heartbeat and retry of stale trials; SQLite tuned for several processes."""
     try:
         parsed = make_url(url)
-    except Exception as err:  # sqlalchemy raises ArgumentError for unparsable URLs
-        raise BadInput(f"--storage '{url}': not a database URL ({err})") from err
+    except (sqlalchemy.exc.ArgumentError, ValueError) as err:  # unparsable, or a port that is not a number
+        raise storage_error(url, "not a database URL", err) from err
     is_sqlite = parsed.get_backend_name() == "sqlite"
     if is_sqlite:
-        _prepare_sqlite_file(parsed.database)
+        _prepare_sqlite_file(url, parsed.database)
     engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} if is_sqlite else {"pool_pre_ping": True}
     storage = _connect(url, engine_kwargs, settings)
     if is_sqlite:
@@ -66,10 +72,12 @@ def _connect(url: str, engine_kwargs: dict, settings: TuneSettings, attempts: in
                     **retry_callback(settings.max_retry),
                 )
         except ImportError as err:
-            raise BadInput(f"--storage '{url}': the database driver is not installed ({err})") from err
+            raise storage_error(url, "the database driver is not installed", err) from err
+        except sqlalchemy.exc.NoSuchModuleError as err:
+            raise storage_error(url, "unknown database scheme; use sqlite:///PATH or postgresql://...", err) from err
         except sqlalchemy.exc.DatabaseError as err:
             if attempt == attempts - 1:
-                raise BadInput(f"--storage '{url}': cannot open the database ({err.orig})") from err
+                raise storage_error(url, "cannot open the database", err.orig) from err
             time.sleep(1 + attempt)
 
 
@@ -82,13 +90,19 @@ def retry_callback(max_retry: int) -> dict:
     return {"failed_trial_callback": storages.RetryFailedTrialCallback(max_retry=max_retry)}
 
 
-def _prepare_sqlite_file(database: str | None) -> None:
+def _prepare_sqlite_file(url: str, database: str | None) -> None:
     """Create the directory and switch the file to WAL (a persistent property of the database file)."""
     if not database or database == ":memory:":
         raise BadInput("--storage: an in-memory SQLite database cannot be shared or resumed; give a file path")
-    Path(database).parent.mkdir(parents=True, exist_ok=True)
-    with sqlite3.connect(database, timeout=SQLITE_BUSY_TIMEOUT_S) as connection:
-        connection.execute("PRAGMA journal_mode=WAL")
+    try:
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise storage_error(url, f"cannot create the directory {Path(database).parent}", err.strerror) from err
+    try:
+        with sqlite3.connect(database, timeout=SQLITE_BUSY_TIMEOUT_S) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error as err:  # not writable, or a file that is not an SQLite database
+        raise storage_error(url, "cannot open it as an SQLite database", err) from err
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -97,13 +111,12 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def create_study(url: str, settings: TuneSettings, sampler=None, pruner=None) -> optuna.Study:
+def create_study(url: str, settings: TuneSettings, pruner=None) -> optuna.Study:
     """Create the study or load it (`load_if_exists=True`), refusing a stored direction that differs."""
     study = optuna.create_study(
         storage=open_storage(url, settings),
         study_name=settings.study_name,
         direction=settings.direction,
-        sampler=sampler,
         pruner=pruner,
         load_if_exists=True,
     )
@@ -116,6 +129,28 @@ def create_study(url: str, settings: TuneSettings, sampler=None, pruner=None) ->
     return study
 
 
+USER_PASSWORD = re.compile(r"(?<=://)([^/@:]*):([^/@]*)@")  # user:password@ in a URL sqlalchemy cannot parse
+
+
 def safe_url(url: str) -> str:
-    """`url` with any password masked, for messages and summaries."""
-    return make_url(url).render_as_string(hide_password=True)
+    """`url` with any password masked, for messages and summaries (also when the URL cannot be parsed)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        return USER_PASSWORD.sub(r"\1:***@", url)
+
+
+def passwords(url: str) -> set[str]:
+    """The password of `url` as written and as decoded (empty when it has none)."""
+    found = {match.group(2) for match in USER_PASSWORD.finditer(url)}
+    with contextlib.suppress(sqlalchemy.exc.ArgumentError, ValueError):  # unparsable: the pattern found it
+        found.add(make_url(url).password or "")
+    return found - {""}
+
+
+def storage_error(url: str, problem: str, cause) -> BadInput:
+    """BadInput naming the masked `url`, the problem and its cause, with the password masked in the cause too."""
+    detail = str(cause).strip()
+    for password in passwords(url):
+        detail = detail.replace(password, "***")
+    return BadInput(f"storage '{safe_url(url)}': {problem} ({detail})")

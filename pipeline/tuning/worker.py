@@ -5,6 +5,9 @@ the study stands, and any number of workers (processes or machines) share the co
 starts a trial only while finished + running < n_trials; when the running ones belong to others it
 waits, failing stale trials (heartbeat) so their retries are picked up. Two workers racing for the
 last slot are settled by trial number: the later one is failed as surplus before it trains.
+The sampler is built once the study is open, seeded by the worker index and the number of trials the
+study already holds (`algorithms.sampler_seed`), so a rerun draws new parameter sets instead of
+replaying the earlier ones.
 """
 
 import time
@@ -69,8 +72,9 @@ def run_worker(
     """
     if threads is not None:
         torch.set_num_threads(threads)
-    sampler = build_sampler(settings.sampler, settings.space, worker)
-    study = create_study(url, settings, sampler=sampler, pruner=build_pruner(settings.pruner))
+    study = create_study(url, settings, pruner=build_pruner(settings.pruner))
+    trials = len(study.get_trials(deepcopy=False))
+    study.sampler = build_sampler(settings.sampler, settings.space, worker, trials)
     objective = Objective(settings)
     stats = WorkerStats(setup_seconds=objective.setup_seconds)
     writer = ImprovementWriter(settings)
@@ -86,7 +90,7 @@ def run_worker(
     while deadline is None or time.monotonic() < deadline:
         counts = count_states(study)
         finished = sum(counts[s] for s in FINISHED)
-        if finished >= n_trials or grid_exhausted(sampler, study):
+        if finished >= n_trials or grid_exhausted(study.sampler, study):
             break
         if finished + counts[TrialState.RUNNING] >= n_trials:
             time.sleep(poll)  # the others' trials finish, or go stale and come back as retries
