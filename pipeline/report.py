@@ -92,7 +92,8 @@ def report_run(trainer, test: SplitTensors, split_name: str, out_dir: Path, prov
     figures and run_info.json."""
     image, text = trainer.embed(test)
     test = test.to(image.device)
-    metrics = {"split": split_name, **retrieval_metrics(image, text, test.caption_image_index), "provenance": provenance}
+    metrics = {"split": split_name, **retrieval_metrics(image, text, test.caption_image_index)}
+    metrics["provenance"] = provenance
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     training_curves(trainer.history, out_dir / "training_curves.png")
     figures = ["training_curves.png", *write_projections(test, image, text, out_dir)]

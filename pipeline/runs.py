@@ -17,6 +17,7 @@ from pathlib import Path
 
 from encoding.errors import BadInput
 from encoding.runtime import torchrun_env
+from pipeline import provenance
 from pipeline.config import save_config
 from pipeline.data import load_splits
 from pipeline.report import report_run
@@ -73,18 +74,33 @@ def writing_run(name: str, resume: bool, overwrite: bool, results: Path = RESULT
         yield out_dir
 
 
-def train_run(trainer_class: type[Trainer], config, out_dir: Path, resume: bool = False) -> RunOutcome:
-    """Train `config` with `trainer_class` into `out_dir`, then evaluate the best checkpoint on the test split."""
+def train_run(
+    trainer_class: type[Trainer], config, out_dir: Path, resume: bool = False, verify: bool = True
+) -> RunOutcome:
+    """Train `config` with `trainer_class` into `out_dir`, then evaluate the best checkpoint on the test split.
+
+    The run records its provenance (`provenance.json`, and in metrics.json); `resume` is refused on
+    other data or with another config (`provenance.check_resume`). `verify`: hash the cache's shards.
+    """
     d = config.data
-    splits = load_splits(Path(d.cache), list(dict.fromkeys([d.train_split, d.val_split, d.test_split])))
+    current = provenance.describe(Path(d.cache), config)
+    if resume:
+        trained = provenance.recorded(out_dir)
+        if trained is None:
+            print(f"warning: {out_dir} records no provenance (an older run); its cache and split are not checked")
+        else:
+            provenance.check_resume(out_dir, config, trained, current)
+    splits = load_splits(Path(d.cache), list(dict.fromkeys([d.train_split, d.val_split, d.test_split])), verify)
     trainer = trainer_class(config, splits[d.train_split], splits[d.val_split], out_dir)
     if resume:
         trainer.resume()
     if trainer.rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, out_dir / "config.yaml")
+        provenance.record(out_dir, current)
     result = trainer.run()
     if trainer.rank != 0:  # under torchrun, rank 0 alone writes checkpoints and reports
         return RunOutcome(trainer, result, None)
     trainer.load_best()
-    return RunOutcome(trainer, result, report_run(trainer, splits[d.test_split], d.test_split, out_dir))
+    metrics = report_run(trainer, splits[d.test_split], d.test_split, out_dir, current)
+    return RunOutcome(trainer, result, metrics)

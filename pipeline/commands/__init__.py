@@ -13,12 +13,13 @@ from pipeline.training.loop import NonFiniteLoss
 
 
 def training_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """The arguments every training verb takes: CONFIG, --set, --resume, --overwrite."""
+    """The arguments every training verb takes: CONFIG, --set, --resume, --overwrite, --no-verify."""
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("config", type=Path)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--resume", action="store_true", help="continue from results/<name>/last.pt")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
+    p.add_argument("--no-verify", dest="verify", action="store_false", help="skip hashing the cache's shards")
     return p
 
 

@@ -38,12 +38,12 @@ def main(argv=None) -> int:
         if args.bench_steps < 1:
             raise BadInput("--bench-steps must be >= 1")
         d = config.data
-        splits = load_splits(Path(d.cache), list(dict.fromkeys([d.train_split, d.val_split])))
+        splits = load_splits(Path(d.cache), list(dict.fromkeys([d.train_split, d.val_split])), args.verify)
         trainer = BackboneTrainer(config, splits[d.train_split], splits[d.val_split])
         print(json.dumps(bench_training_step(trainer, args.bench_steps)))
         return 0
     with writing_run(config.name, args.resume, args.overwrite) as out_dir, naming_config(args.config):
-        run = train_run(BackboneTrainer, config, out_dir, resume=args.resume)
+        run = train_run(BackboneTrainer, config, out_dir, args.resume, args.verify)
     result = run.result
     print(
         f"{config.name}: best val rsum {result.best_rsum:.1f} at epoch {result.best_epoch + 1} "

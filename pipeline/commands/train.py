@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     config = load_config(args.config, args.overrides)
     with writing_run(config.name, args.resume, args.overwrite) as out_dir, naming_config(args.config):
-        run = train_run(HeadTrainer, config, out_dir, resume=args.resume)
+        run = train_run(HeadTrainer, config, out_dir, args.resume, args.verify)
     if run.metrics is None:
         return 0
     result = run.result

@@ -3,9 +3,13 @@
 import multiprocessing
 import os
 import time
+from pathlib import Path
 
 from optuna.trial import TrialState
 
+from encoding.errors import BadInput
+from encoding.fingerprints import sha256_json
+from pipeline import provenance
 from pipeline.tuning.artifacts import write_plots, write_summary, write_tables
 from pipeline.tuning.settings import TuneSettings
 from pipeline.tuning.storage import create_study, safe_url
@@ -16,6 +20,7 @@ def run_sweep(settings: TuneSettings, url: str, n_trials: int, timeout: float | 
     """Run `workers` workers on the study until it holds `n_trials` finished trials, then write the artifacts.
     Returns the summary written to summary.json, plus that file's path under `summary_path`."""
     study = create_study(url, settings)  # schema and study exist before any worker starts
+    bind_study(study, settings, url)
     print(f"study '{settings.study_name}' ({safe_url(url)}): {len(finished(study))} of {n_trials} trials finished")
     start = time.perf_counter()
     stats = run_workers(settings, url, n_trials, timeout, workers)
@@ -37,6 +42,29 @@ def run_sweep(settings: TuneSettings, url: str, n_trials: int, timeout: float | 
         summary.update(best_trial=best.number, best_value=best.value, best_params=best.params, best_config=best_path)
     summary["summary_path"] = write_summary(settings, summary)
     return summary
+
+
+def bind_study(study, settings: TuneSettings, url: str) -> None:
+    """Record the cache and split fingerprints and the base config's hash in the study's user attributes;
+    refuse (`BadInput`) a study of this name that was tuned on other ones: its trials would not compare."""
+    described = provenance.describe(Path(settings.experiment({})[0].data.cache))
+    wanted = {
+        "cache_fingerprint": described["cache_fingerprint"],
+        "splits_fingerprint": described["splits_fingerprint"],
+        "base_config_sha256": sha256_json(settings.base),
+    }
+    stored = {key: study.user_attrs.get(key) for key in wanted}
+    if all(value is None for value in stored.values()):
+        for key, value in wanted.items():
+            study.set_user_attr(key, value)
+        return
+    differing = [key for key in wanted if stored[key] != wanted[key]]
+    if differing:
+        details = "; ".join(f"{key} {str(stored[key])[:12]}, now {str(wanted[key])[:12]}" for key in differing)
+        raise BadInput(
+            f"study '{settings.study_name}' in {safe_url(url)} was tuned on other data or another base config "
+            f"({details}); its trials would not compare with new ones: use a new study_name"
+        )
 
 
 def finished(study) -> list:
