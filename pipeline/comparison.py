@@ -126,7 +126,7 @@ def _load(path: Path) -> dict:
         return {}
     try:
         data = (yaml.safe_load if path.suffix == ".yaml" else json.loads)(path.read_text())
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
+    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as err:
         raise BadInput(f"{path}: cannot be read ({err})") from err
     if not isinstance(data, dict | None):
         raise BadInput(f"{path}: expected a mapping, found {type(data).__name__}")

@@ -9,12 +9,11 @@ scores the raw embeddings of backbones that share one space. Both return metrics
 from pathlib import Path
 
 import torch.nn.functional as F
-import yaml
 
 from encoding.errors import BadInput
 from encoding.runtime import resolve_device
 from pipeline import provenance
-from pipeline.config import from_dict
+from pipeline.config import from_dict, read_yaml_mapping
 from pipeline.data import load_splits
 from pipeline.metrics import retrieval_metrics
 from pipeline.training.checkpoint import load_checkpoint, load_weights
@@ -112,7 +111,9 @@ def evaluate_cache(
 def default_run_output(run_dir: Path, split: str, cache_dir: Path | None) -> str:
     """`metrics.json` for the run's own test split (what `xalign train` wrote), else a name that says what it is."""
     config_file = Path(run_dir) / "config.yaml"
-    test_split = from_dict(yaml.safe_load(config_file.read_text())).data.test_split if config_file.is_file() else "test"
+    test_split = "test"
+    if config_file.is_file():
+        test_split = from_dict(read_yaml_mapping(config_file, "run config")).data.test_split
     if cache_dir is None:
         return "metrics.json" if split == test_split else f"metrics-{split}.json"
     return f"metrics-{Path(cache_dir).name}-{split}.json"

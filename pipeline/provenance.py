@@ -89,7 +89,7 @@ def check_same_backbones(run_dir: Path, trained: dict, current: dict) -> None:
 
 def _spec(provenance: dict, side: str) -> str:
     entry = provenance[side]
-    return f"{entry.get('spec')} (weights {entry.get('weights')})"
+    return f"{entry.get('spec')} (weights {entry.get('weights')}, dim {entry.get('dim')})"
 
 
 def _flat(values: dict, prefix: str = "") -> dict:

@@ -25,11 +25,18 @@ TEMPLATES = Path(__file__).resolve().parents[1] / "configs" / "zeroshot" / "temp
 CLASSES_FILE = "classes.json"
 
 
+def _read_templates(path: Path):
+    try:
+        return yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise BadInput(f"{path}: not valid YAML ({err})") from err
+
+
 def load_templates(choice: str | None, dataset_kind: str = "") -> tuple[str, list[str]]:
     """(name, templates): a set of `TEMPLATES` by name, a YAML file, or the set for `dataset_kind` / `default`."""
     sets = yaml.safe_load(TEMPLATES.read_text())
     if choice is not None and Path(choice).is_file():
-        values = yaml.safe_load(Path(choice).read_text())
+        values = _read_templates(Path(choice))
         values = next(iter(values.values())) if isinstance(values, dict) and len(values) == 1 else values
         name, where = choice, choice
     else:
@@ -50,7 +57,7 @@ def load_class_names(meta: dict, classes_file: Path | None, num_labels: int) -> 
         raise BadInput(f"zero-shot: no class names ({path} not found); pass --classes FILE with a JSON list of names")
     try:
         names = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BadInput(f"{path}: not valid JSON ({err})") from err
     if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
         raise BadInput(f"{path}: expected a JSON list of class names")

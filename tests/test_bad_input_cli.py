@@ -240,7 +240,7 @@ CASES = [
     Case("evaluate, garbage best.pt", _evaluate_done, r"best\.pt", _garbage_checkpoint("best.pt")),
     Case("resume, truncated last.pt", _resume_done(), r"last\.pt", _truncated_checkpoint("last.pt")),
     # tune storage
-    Case("storage with an unsupported scheme", _tune_storage("foo://somewhere/db"), r"--storage"),
+    Case("storage with an unsupported scheme", _tune_storage("foo://somewhere/db"), r"storage 'foo://somewhere/db'"),
     Case("storage under a plain file", _tune_storage(_under_a_file), r"plain-file"),
     Case("storage file that is not a database", _tune_storage(_not_a_database), r"junk\.db"),
 ]

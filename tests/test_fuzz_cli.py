@@ -20,7 +20,10 @@ from pipeline import cli
 from tests.conftest import write_synthetic_cache
 from tests.encoding import dataset_files
 
-FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Derandomised: the suite explores the same examples on every machine (a random 3 x 300 run passes too).
+FUZZ = settings(
+    max_examples=40, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 VALID = {
     "name": "fuzz",

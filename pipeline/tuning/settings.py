@@ -13,10 +13,14 @@ import copy
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from encoding.errors import BadInput
-from pipeline.config import ExperimentConfig, apply_overrides, from_dict, without_foreign_options
+from pipeline.config import (
+    ExperimentConfig,
+    apply_overrides,
+    from_dict,
+    read_yaml_mapping,
+    without_foreign_options,
+)
 from pipeline.heads import HEADS, HeadOptions
 from pipeline.losses import LOSSES, LossOptions
 from pipeline.schema import option_names
@@ -86,12 +90,7 @@ def with_values(base: dict, values: dict) -> dict:
 def load_settings(path: Path, overrides: list[str] = ()) -> TuneSettings:
     """Read and validate an optuna config; `overrides` (`key=value`) apply to its base experiment config."""
     path = Path(path)
-    if not path.is_file():
-        raise BadInput(f"{path}: optuna config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise BadInput(f"{path}: not valid YAML ({err})") from err
+    raw = read_yaml_mapping(path, "optuna config")
     try:
         return settings_from_dict(raw, base_dir=path.parent, overrides=overrides, source=str(path))
     except BadInput as err:
@@ -162,7 +161,7 @@ def _base_config(raw, base_dir: Path, overrides: list[str]) -> dict:
         path = base_dir / raw
         if not path.is_file():
             raise BadInput(f"base_config: {path} not found")
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = read_yaml_mapping(path, "base config")
     if not isinstance(raw, dict):
         raise BadInput(f"base_config: expected a mapping or a path to an experiment YAML, got {raw!r}")
     base = apply_overrides(raw, overrides)

@@ -78,8 +78,11 @@ def test_resume_from_a_damaged_last_pt_is_bad_input(run_copy, tmp_path, capsys, 
 
 
 def test_resume_with_another_architecture_is_bad_input(run_copy, capsys):
-    _, config = run_copy
+    run, config = run_copy
     argv = ["train", str(config), "--resume", "--set", "training.num_epochs=3", "--set", "model.hidden_dim=32"]
+    assert cli.main(argv) == 2
+    assert "the config differs in model.hidden_dim: 16 -> 32" in capsys.readouterr().err
+    (run / "provenance.json").unlink()  # a run that recorded no provenance: the weights still do not fit
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert f"{Path('results') / 'x' / 'last.pt'}: its weights do not fit this model" in err

@@ -100,6 +100,7 @@ def test_evaluate_cache_is_cosine_on_raw_embeddings(tmp_path):
     expected = retrieval_metrics(
         F.normalize(data.image, dim=-1), F.normalize(data.text, dim=-1), data.caption_image_index
     )
+    assert got.pop("provenance")["cache_fingerprint"] == cache.read_metadata(path)["fingerprint"]
     assert got == {"split": "test", **expected}
 
 
@@ -198,7 +199,7 @@ def test_errors_exit_2_with_messages(trained, tmp_path, capsys):
     other = write_synthetic_cache(tmp_path / "wide", image_dim=7, text_dim=10)
     assert split.main([str(other), "--val", "5", "--test", "5"]) == 0
     assert cli.main(["evaluate", str(run), "--cache", str(other)]) == 2
-    assert "differ from the run's heads (12, 10)" in capsys.readouterr().err
+    assert "dim 7), but the run" in capsys.readouterr().err  # another backbone: refused before any dims check
     nolabels = write_synthetic_cache(tmp_path / "nolabels", labels=False)
     assert split.main([str(nolabels), "--val", "5", "--test", "5"]) == 0
     assert cli.main(["evaluate", str(run), "--cache", str(nolabels), "--zeroshot"]) == 2
