@@ -72,16 +72,15 @@ def evaluate_run(
         print(f"warning: {run_dir} records no provenance (an older run); its cache and split are not checked")
     else:
         current = provenance.check_evaluation(run_dir, trained, current, cache_dir is not None, allow_new_split)
-    cache_dir = data_dir
     target = resolve_device(device)
-    data = load_splits(cache_dir, [split], verify=verify)[split].to(target)
+    data = load_splits(data_dir, [split], verify=verify)[split].to(target)
     model.to(target)
     if tuple(data.dims) != dims:
-        raise BadInput(f"{cache_dir}: embedding dims {tuple(data.dims)} differ from the run's heads {dims}")
+        raise BadInput(f"{data_dir}: embedding dims {tuple(data.dims)} differ from the run's heads {dims}")
     image, text = model.embed(data.image, data.text, config.training.eval_batch_size)
     metrics = {"split": split, **retrieval_metrics(image, text, data.caption_image_index, ks)}
     if zeroshot is not None:
-        metrics["zeroshot"] = zeroshot_metrics(cache_dir, data.labels, image, model.encode_text, zeroshot, target)
+        metrics["zeroshot"] = zeroshot_metrics(data_dir, data.labels, image, model.encode_text, zeroshot, target)
     return {**metrics, "provenance": current}
 
 

@@ -109,8 +109,8 @@ def check_resume(run_dir: Path, config, trained: dict, current: dict) -> None:
     check_same_cache(run_dir, trained, current, way_out)
     check_same_split(run_dir, trained, current, way_out)
     config_file = Path(run_dir) / "config.yaml"
-    saved = _flat(json.loads(json.dumps(read_yaml_mapping(config_file, "run config"))))
-    wanted = _flat(json.loads(json.dumps(config.to_dict())))
+    saved = _flat(read_yaml_mapping(config_file, "run config"))
+    wanted = _flat(json.loads(json.dumps(config.to_dict())))  # as YAML reads it back: tuples become lists
     changed = sorted(
         key
         for key in saved.keys() | wanted.keys()
