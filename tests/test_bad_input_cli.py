@@ -239,6 +239,13 @@ CASES = [
     Case("resume with a changed architecture", _resume_done("model.hidden_dim=32"), r"model\.hidden_dim|last\.pt"),
     Case("evaluate, garbage best.pt", _evaluate_done, r"best\.pt", _garbage_checkpoint("best.pt")),
     Case("resume, truncated last.pt", _resume_done(), r"last\.pt", _truncated_checkpoint("last.pt")),
+    # options that would have no effect
+    Case("split --verify with --force", lambda w: ["split", "cache", "--verify", "--force"], r"--force would have"),
+    Case(
+        "evaluate --cache with --allow-new-split",
+        lambda w: ["evaluate", "--cache", "cache", "--allow-new-split"],
+        r"--allow-new-split: applies to a run",
+    ),  # fmt: skip
     # tune storage
     Case("storage with an unsupported scheme", _tune_storage("foo://somewhere/db"), r"storage 'foo://somewhere/db'"),
     Case("storage under a plain file", _tune_storage(_under_a_file), r"plain-file"),

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from encoding import cache
+from encoding.errors import BadInput
 from encoding.split import split_cache, verify
 
 
@@ -26,8 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+WRITE_OPTIONS = ("val", "test", "tuning", "seed", "predefined", "force")  # options of writing a split, not of --verify
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    ignored = [f"--{name}" for name in WRITE_OPTIONS if getattr(args, name) != parser.get_default(name)]
+    if args.verify and ignored:
+        raise BadInput(f"--verify checks the existing splits.json; {', '.join(ignored)} would have no effect")
     if not args.verify:
         split_cache(args.cache, args.val, args.test, args.tuning, args.seed, args.predefined, args.force)
         return 0

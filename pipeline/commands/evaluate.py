@@ -50,6 +50,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.run_dir is None and args.cache is None:
         raise BadInput("evaluate: give RUN_DIR, --cache DIR, or both")
+    if args.run_dir is None and args.allow_new_split:
+        raise BadInput("--allow-new-split: applies to a run (RUN_DIR) trained on an earlier split; none was given")
     ks = parse_ks(args.ks)
     zeroshot = ZeroShotOptions(args.classes, args.templates, args.prompt_cache) if args.zeroshot else None
     if args.run_dir is None:
