@@ -69,6 +69,7 @@ RANGES: dict[str, Range] = {
     "label_smoothing": PROBABILITY,
     "hard_negative_beta": NON_NEGATIVE,
     "mixup_alpha": NON_NEGATIVE,
+    "itc_weight": NON_NEGATIVE,
     # training
     "batch_size": AT_LEAST_ONE,
     "learning_rate": POSITIVE,

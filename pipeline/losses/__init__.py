@@ -86,4 +86,4 @@ def build_from(options: LossOptions, learnable_temperature: bool = True) -> nn.M
 
 
 # Register the losses.
-from pipeline.losses import align, blip, clip, infonce_queue, siglip  # noqa: E402,F401
+from pipeline.losses import align, blip, clip, infonce_queue, itm, siglip  # noqa: E402,F401
