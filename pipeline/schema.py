@@ -58,6 +58,10 @@ RANGES: dict[str, Range] = {
     "num_heads": AT_LEAST_ONE,
     "num_layers": AT_LEAST_ONE,
     "num_tokens": AT_LEAST_ONE,
+    "num_queries": AT_LEAST_ONE,
+    "window": AT_LEAST_ONE,
+    "num_global": NON_NEGATIVE,
+    "rerank_k": AT_LEAST_ONE,
     "dropout": PROBABILITY,
     "momentum": PROBABILITY,
     # losses

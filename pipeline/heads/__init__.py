@@ -4,7 +4,9 @@ Each head lives in its own file: a frozen options dataclass (its keys under `mod
 defaults, the one place they are defined) and a builder registered by name,
 `builder(image_dim, text_dim, options) -> HeadPair`. `build(name, image_dim, text_dim, **options)`
 validates the options against the head's dataclass: a key the head does not take is `BadInput`
-naming the key, the head and the keys it takes.
+naming the key, the head and the keys it takes. Token heads (`takes_tokens(options)`: attention_pool,
+token_transformer, sparse_attention, cross_encoder) read token batches instead of pooled vectors and
+take the token dims; see `tokens.py`.
 """
 
 from dataclasses import dataclass
@@ -89,4 +91,18 @@ def build_from(options: HeadOptions, image_dim: int, text_dim: int) -> HeadPair:
 
 
 # Register the heads.
-from pipeline.heads import align, attention, blip, clip, cross_modal, linear, mlp, siglip  # noqa: E402,F401
+from pipeline.heads import (  # noqa: E402,F401
+    align,
+    attention,
+    attention_pool,
+    blip,
+    clip,
+    cross_encoder,
+    cross_modal,
+    linear,
+    mlp,
+    siglip,
+    sparse_attention,
+    token_transformer,
+)
+from pipeline.heads.tokens import TokenHeadOptions, TokenHeadPair, takes_tokens  # noqa: E402,F401

@@ -9,11 +9,14 @@ from pipeline import heads, schema
 from pipeline.heads.mlp import ResidualBlock
 
 OPTIONS = {"output_dim": 16, "hidden_dim": 32, "num_heads": 2, "num_layers": 2, "num_tokens": 4, "dropout": 0.0}
-ALL = ["align", "attention", "blip", "clip", "cross_modal", "linear", "mlp", "siglip"]
+ALL = ["align", "attention", "blip", "clip", "cross_modal", "linear", "mlp", "siglip"]  # pooled (B, D) inputs
+TOKEN_HEADS = ["attention_pool", "cross_encoder", "sparse_attention", "token_transformer"]  # test_token_heads.py
 
 
 def test_registry_lists_every_head():
-    assert heads.HEADS.names() == ALL
+    assert heads.HEADS.names() == sorted(ALL + TOKEN_HEADS)
+    pooled = [name for name in heads.HEADS.names() if not heads.takes_tokens(heads.options_for(name, {}))]
+    assert pooled == ALL  # every other head reads token batches and is tested in test_token_heads.py
     with pytest.raises(BadInput, match=r"model.type: unknown head 'nope'; choose one of: align, attention"):
         heads.build("nope", 3, 4)
 
