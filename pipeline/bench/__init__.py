@@ -1,6 +1,7 @@
-"""`xalign bench {train,eval,encode} [...]`: each prints one JSON object last on stdout.
+"""`xalign bench {train,eval,encode,attention} [...]`: each prints one JSON object last on stdout.
 
-Every benchmark measures its loops in one process, one after another, after a warm-up.
+Every benchmark measures after a warm-up; train and encode run their loops in one process, one after
+another; eval and attention run each size in a fresh subprocess, so that its peak memory is its own.
 """
 
 import importlib
@@ -12,6 +13,10 @@ BENCHMARKS = {
     "train": ("pipeline.bench.train", "head-training throughput: engine vs the limit and the naive loop"),
     "eval": ("pipeline.bench.eval", "retrieval metrics: chunked vs the bare similarity matmul"),
     "encode": ("pipeline.bench.encode", "encoding throughput: the pipeline vs the bare forward pass"),
+    "attention": (
+        "pipeline.bench.attention",
+        "time and peak memory of token_transformer vs sparse_attention vs token count",
+    ),
 }
 
 

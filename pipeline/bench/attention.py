@@ -1,0 +1,152 @@
+"""`xalign bench attention [--tokens 64,256,1024,4096 ...]`: token_transformer vs sparse_attention vs tokens.
+
+For each head and token count T, one training step of the head's image encoder (forward + backward
+of `encode_image` on a (batch, T, dim) batch of random tokens, no padding, dropout 0, num_heads 4) is
+measured in a fresh subprocess: a step on a tiny slice (one-time costs), a warm-up step, then
+`--repeats` timed steps; `seconds` is the best (per batch). `token_transformer` is dense attention
+(PyTorch's multi-head attention, which may run a fused kernel that keeps memory linear while time
+stays quadratic); `sparse_attention` is the blocked sliding window (`--window` each side) plus one
+global token.
+
+`peak_mb` is the step's own working memory (activations, gradients, workspace). On CUDA:
+torch.cuda.max_memory_allocated() over the steps minus the memory allocated before them (parameters
+and inputs). On CPU: the growth of the subprocess's peak resident set size (ru_maxrss) from just
+before the warm-up to after the steps; the subprocess runs nothing else, so this is the step's
+high-water mark as the OS saw it (allocator caching included; noisy below a few MB). A step that
+runs out of memory (or whose subprocess is killed) is reported with seconds and peak_mb null and a
+note. Prints a table, then one JSON object last on stdout:
+{"device", "threads", "batch_size", "dim", "hidden_dim", "num_layers", "window", "repeats",
+"memory_method", "rows": [{"head", "tokens", "seconds", "peak_mb", "note"}, ...]}.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from encoding.errors import BadInput
+from encoding.runtime import resolve_device, timed
+from pipeline import heads
+
+HEADS = ("token_transformer", "sparse_attention")
+MEMORY_METHODS = {
+    "cuda": "torch.cuda.max_memory_allocated during the steps minus memory allocated before them",
+    "cpu": "ru_maxrss growth of a fresh subprocess per measurement, from before the warm-up to after the steps",
+}
+
+
+def memory_mb(device: torch.device) -> float:
+    """The current allocation (CUDA) or the peak resident set size so far (CPU), in MB."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def out_of_memory(err: Exception) -> bool:
+    """Whether `err` is an allocation failure (CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError)."""
+    return isinstance(err, torch.OutOfMemoryError | MemoryError) or "can't allocate memory" in str(err)
+
+
+def measure(head: str, tokens: int, args, device: torch.device) -> dict:
+    """Seconds per forward + backward step (best of `repeats`, after a warm-up) and the step's peak memory."""
+    torch.manual_seed(0)
+    options = {"output_dim": args.hidden_dim, "hidden_dim": args.hidden_dim, "num_layers": args.num_layers}
+    options.update({"dropout": 0.0, **({"window": args.window} if head == "sparse_attention" else {})})
+    pair = heads.build(head, args.dim, args.dim, **options).to(device)
+    batch = torch.randn(args.batch_size, tokens, args.dim, device=device)
+
+    def step(tokens: torch.Tensor = batch) -> None:
+        pair.zero_grad(set_to_none=True)
+        pair.encode_image(tokens).sum().backward()
+
+    step(batch[:1, :8])  # one-time costs (kernel loading, autograd engine start) stay out of the measurement
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    before = memory_mb(device)
+    try:
+        step()
+        seconds = min(timed(step, device) for _ in range(args.repeats))
+    except (RuntimeError, MemoryError) as err:
+        if not out_of_memory(err):
+            raise
+        return {"head": head, "tokens": tokens, "seconds": None, "peak_mb": None, "note": f"out of memory: {err}"}
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else memory_mb(device)
+    return {"head": head, "tokens": tokens, "seconds": seconds, "peak_mb": peak - before, "note": None}
+
+
+def run_one(head: str, tokens: int, args) -> dict:
+    """`measure` in a fresh subprocess running this same code, so that its peak memory is its own."""
+    argv = [sys.executable, "-m", "pipeline.bench.attention", "--worker", "--head", head, "--tokens", str(tokens)]
+    for name in ("batch_size", "dim", "hidden_dim", "num_layers", "window", "repeats", "device"):
+        argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    root = str(Path(heads.__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
+    if done.returncode < 0:
+        note = f"worker killed by signal {-done.returncode} (out of memory?)"
+        return {"head": head, "tokens": tokens, "seconds": None, "peak_mb": None, "note": note}
+    if done.returncode != 0:
+        raise RuntimeError(f"bench attention worker failed for {head} at {tokens} tokens:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def token_counts(text: str) -> list[int]:
+    """`--tokens 64,256`: positive integers."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise BadInput(f"--tokens {text!r}: expected comma-separated positive integers, e.g. 64,256,1024")
+    return counts
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xalign bench attention", description=__doc__)
+    p.add_argument("--tokens", default="64,256,1024,4096", help="token counts, comma-separated")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--dim", type=int, default=64, help="input token dim")
+    p.add_argument("--hidden-dim", type=int, default=64, help="head width (and output dim)")
+    p.add_argument("--num-layers", type=int, default=2)
+    p.add_argument("--window", type=int, default=32, help="sparse_attention: tokens attended on each side")
+    p.add_argument("--repeats", type=int, default=3, help="timed steps; the best counts")
+    p.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--head", choices=HEADS, help=argparse.SUPPRESS)
+    return p
+
+
+def print_table(rows: list[dict]) -> None:
+    print("| head | tokens | seconds / batch | peak MB | note |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        seconds = "null" if r["seconds"] is None else f"{r['seconds']:.4f}"
+        peak = "null" if r["peak_mb"] is None else f"{r['peak_mb']:.1f}"
+        print(f"| {r['head']} | {r['tokens']} | {seconds} | {peak} | {r['note'] or ''} |")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    counts = token_counts(args.tokens)
+    for name in ("batch_size", "dim", "hidden_dim", "num_layers", "window", "repeats"):
+        if getattr(args, name) < 1:
+            raise BadInput(f"--{name.replace('_', '-')} {getattr(args, name)}: must be a positive integer")
+    device = resolve_device(args.device)
+    if args.worker:
+        print(json.dumps(measure(args.head, counts[0], args, device)))
+        return 0
+    rows = [run_one(head, tokens, args) for head in HEADS for tokens in counts]
+    print_table(rows)
+    sizes = {name: getattr(args, name) for name in ("batch_size", "dim", "hidden_dim", "num_layers", "window")}
+    summary = {"device": str(device), "threads": torch.get_num_threads(), **sizes, "repeats": args.repeats}
+    print(json.dumps({**summary, "memory_method": MEMORY_METHODS[device.type], "rows": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
