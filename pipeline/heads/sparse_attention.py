@@ -9,11 +9,12 @@ Padded caption tokens are masked out as keys. The real tokens' outputs are mean-
 relay long-range information but are not pooled), then LayerNorm → Linear to `output_dim`.
 
 Cost is linear in T: tokens are cut into blocks of b = min(window, T) positions; a block's queries
-score only the keys of its own and its two neighbouring blocks (3b keys, masked to the band
-|i − j| ≤ window, which these blocks always contain) plus the G global keys, so the score tensor is
-(B, heads, T, 3b + G) instead of (B, heads, T, T); the G global queries score all G + T keys.
-Masked scores are set to the dtype's lowest finite value rather than −inf, so that rows with no real
-key (padding) stay finite. Output (B, output_dim).
+attend only to the keys of its own and its two neighbouring blocks (3b keys, masked to the band
+|i − j| <= window, which these blocks always contain) plus the G global keys, so attention works on
+(B·T/b, heads, b, G + 3b) instead of (B, heads, T, T); the G global queries attend to all G + T keys.
+Both run through PyTorch's `scaled_dot_product_attention` with a boolean mask (fused kernels where
+the device has them). A padded query also attends to itself, so that no row is empty; padded
+outputs are never read. Output (B, output_dim).
 """
 
 import math
@@ -59,35 +60,35 @@ class SlidingWindowAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         batch, length, width = x.shape
         g, heads = self.num_global, self.num_heads
-        q, k, v = self.qkv(x).view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
-        q = q * q.shape[-1] ** -0.5
+        q, k, v = self.qkv(x).view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)  # (B, H, N, d)
         real = x.new_ones(batch, length - g, dtype=torch.bool) if mask is None else mask
-        key_real = torch.cat([real.new_ones(batch, g), real], dim=1)
-        out = torch.cat([self.attend(q[:, :, :g], k, v, key_real[:, None, None]), self.local(q, k, v, real)], dim=2)
-        return self.proj(out.transpose(1, 2).reshape(batch, length, width))
+        key_real = torch.cat([real.new_ones(batch, g), real], dim=1)[:, None, None]  # (B, 1, 1, N)
+        glob = F.scaled_dot_product_attention(q[:, :, :g], k, v, attn_mask=key_real, dropout_p=self.drop())
+        return self.proj(torch.cat([glob.transpose(1, 2).flatten(2), self.local(q, k, v, real)], dim=1))
 
-    def attend(self, q, k, v, allowed) -> torch.Tensor:
-        """softmax(q kᵀ) v over the `allowed` keys: (…, Q, d), (…, K, d), (…, K, d), bool (…, Q, K)."""
-        scores = (q @ k.transpose(-1, -2)).masked_fill(~allowed, torch.finfo(q.dtype).min)
-        return F.dropout(scores.softmax(dim=-1), self.dropout, self.training) @ v
+    def drop(self) -> float:
+        return self.dropout if self.training else 0.0
 
     def local(self, q, k, v, real) -> torch.Tensor:
-        """(B, H, T, d) outputs of the T local queries: their band of local keys plus the global keys."""
+        """(B, T, W) outputs of the T local queries: their band of local keys plus the global keys."""
         g, length = self.num_global, real.shape[1]
         size = min(self.window, length)
         count = math.ceil(length / size)
         (batch, heads, _, dim), padded = q.shape, count * size
+
+        def keys(x: torch.Tensor) -> torch.Tensor:  # (B, H, N, d) → (B·n, H, G + 3b, d): global, then local keys
+            local = blocks(x[:, :, g:], size, count, dim=2).permute(0, 2, 1, 4, 3)  # (B, n, H, 3b, d)
+            glob = x[:, None, :, :g].expand(-1, count, -1, -1, -1)
+            return torch.cat([glob, local], dim=3).flatten(0, 1)
+
         queries = F.pad(q[:, :, g:], (0, 0, 0, padded - length)).view(batch, heads, count, size, dim)
-        keys = blocks(k[:, :, g:], size, count, dim=2)  # (B, H, n, d, 3b)
-        values = blocks(v[:, :, g:], size, count, dim=2).transpose(-1, -2)  # (B, H, n, 3b, d)
+        queries = queries.transpose(1, 2).flatten(0, 1)  # (B·n, H, b, d)
         offset = torch.arange(3 * size, device=q.device) - size - torch.arange(size, device=q.device)[:, None]
-        band = offset.abs() <= self.window  # (b, 3b): key within `window` of the query
-        allowed = band & blocks(real, size, count, dim=1)[:, None, :, None, :]  # (B, 1, n, b, 3b)
-        local = (queries @ keys).masked_fill(~allowed, torch.finfo(q.dtype).min)
-        glob = queries @ k[:, :, None, :g].transpose(-1, -2)  # (B, H, n, b, G)
-        weights = F.dropout(torch.cat([glob, local], dim=-1).softmax(dim=-1), self.dropout, self.training)
-        out = weights[..., :g] @ v[:, :, None, :g] + weights[..., g:] @ values
-        return out.reshape(batch, heads, padded, dim)[:, :, :length]
+        # (b, 3b) band of keys within `window`, real keys only; a padded query keeps itself so no row is empty
+        allowed = (offset.abs() <= self.window) & (blocks(real, size, count, dim=1)[:, :, None, :] | (offset == 0))
+        allowed = torch.cat([allowed.new_ones(batch, count, size, g), allowed], dim=-1).flatten(0, 1)[:, None]
+        out = F.scaled_dot_product_attention(queries, keys(k), keys(v), attn_mask=allowed, dropout_p=self.drop())
+        return out.view(batch, count, heads, size, dim).transpose(2, 3).reshape(batch, padded, -1)[:, :length]
 
 
 class SparseLayer(nn.Module):

@@ -3,6 +3,7 @@ mask with the same weights, and its work and saved activations grow linearly in 
 
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline import heads
@@ -64,7 +65,8 @@ def test_whole_head_equals_the_head_on_dense_attention(num_global, monkeypatch):
 
 
 def flops_and_saved(module, tokens: int) -> tuple[int, int]:
-    """FLOPs of one forward pass and the elements it saves for the backward pass."""
+    """FLOPs of one forward pass and the elements it saves for the backward pass, on PyTorch's unfused
+    attention (explicit score matrices, which the FLOP counter sees and autograd saves)."""
     x = torch.randn(1, module.num_global + tokens, 16, requires_grad=True)
     saved = []
 
@@ -72,7 +74,8 @@ def flops_and_saved(module, tokens: int) -> tuple[int, int]:
         saved.append(t.numel())
         return t
 
-    with FlopCounterMode(display=False) as counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, hooks:
         module(x)
     return counter.get_total_flops(), sum(saved)
 
