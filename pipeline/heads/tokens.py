@@ -2,14 +2,14 @@
 
 A token cache (DESIGN "Token caches and attention over tokens") holds image tokens (N, T, D_img_tok),
 every image with the same T (no padding), and caption tokens (M, L, D_txt_tok) with a bool mask
-(M, L), True for a real token; padded positions never influence an output. A token head's builder
-takes the TOKEN dims, `builder(image_tok_dim, text_tok_dim, options)`, and returns a
-`TokenHeadPair`. Every item is embedded on its own: tokens attend only within their item.
+(M, L), True for a real token (at least one per caption; padding after the real tokens); padded
+positions never influence an output. A token head's builder takes the TOKEN dims,
+`builder(image_tok_dim, text_tok_dim, options)`, and returns a `TokenHeadPair`. Every item is
+embedded on its own: tokens attend only within their item.
 
 Positions: after the input projection to `hidden_dim`, fixed sinusoidal 1-D positions (Vaswani et
 al., 2017: sin on even, cos on odd channels, wavelengths 2π … 10000·2π) are added to the tokens.
-They have no parameters and no length limit; padding sits after the real tokens, so extra padding
-does not move any real token's position.
+They have no parameters and no length limit; extra padding does not move any real token's position.
 """
 
 import math
