@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 
 from encoding import cache_checks as checks
+from encoding import token_shards
 from encoding.atomic import atomic_target, write_atomic
 from encoding.cache_checks import sha256_of
 from encoding.errors import BadInput
@@ -42,6 +43,9 @@ class ShardData:
     image_splits: list[str] | None = None  # (n,) the dataset's own split name per image
     image_pixel_sha1: list[str] | None = None  # (n,) hash of decoded pixels, for duplicate grouping
     skipped: list[dict] | None = None  # [{image_id, path, reason}]
+    image_tokens: np.ndarray | None = None  # (n, T, D) float16, with `--tokens` (see `token_shards`)
+    caption_tokens: np.ndarray | None = None  # (m, L, D') float16
+    caption_token_mask: np.ndarray | None = None  # (m, L) bool
 
 
 @dataclass
@@ -102,6 +106,8 @@ def write_shard(cache_dir: Path, index: int, data: ShardData, dtype: str = "floa
         captions.create_dataset("image_ids", data=np.asarray(data.caption_image_ids, dtype=object), dtype=_STR)
         captions.create_dataset("embeddings", data=np.asarray(data.caption_embeddings, dtype=dtype))
         captions.create_dataset("text", data=np.asarray(data.caption_text, dtype=object), dtype=_STR)
+        if data.image_tokens is not None:
+            token_shards.write_tokens(f, data.image_tokens, data.caption_tokens, data.caption_token_mask)
         f.attrs["skipped"] = json.dumps(data.skipped or [])
     return {
         "index": index,

@@ -24,6 +24,12 @@ _METADATA_KEYS = (  # (dotted key, expected type); checked in order, so a parent
     ("text_model", dict),
     ("text_model.dim", int),
 )
+TOKEN_KEYS = (  # present (all four) only in token caches, `xalign encode --tokens`
+    ("image_model.num_tokens", int),
+    ("image_model.token_dim", int),
+    ("text_model.token_dim", int),
+    ("text_model.max_tokens", int),
+)
 _SHARD_KEYS = (("index", int), ("file", str), ("sha256", str), ("num_images", int), ("num_captions", int))
 COLUMNS = (  # (CacheArrays field, shard dataset, UTF-8 strings?, required?)
     ("image_ids", "images/ids", True, True),
@@ -69,7 +75,7 @@ def check_metadata(path: Path, meta, cache_format: str) -> None:
         raise BadInput(f"{path}: expected a JSON object, found {json_type(meta)}")
     if meta.get("format") != cache_format:
         raise BadInput(f"{path}: 'format' is {meta.get('format')!r}, expected {cache_format!r}")
-    for dotted, kind in _METADATA_KEYS:
+    for dotted, kind in _METADATA_KEYS + (TOKEN_KEYS if has_tokens(meta) else ()):
         *parents, key = dotted.split(".")
         container = meta[parents[0]] if parents else meta
         _check_key(path, container, key, dotted, kind)
@@ -82,6 +88,12 @@ def check_metadata(path: Path, meta, cache_format: str) -> None:
             raise BadInput(
                 f"{path}: key 'shards[{i}].file' is {shard['file']!r}, expected a file name inside the cache"
             )
+
+
+def has_tokens(meta: dict) -> bool:
+    """Whether `metadata.json` describes a token cache: any of `TOKEN_KEYS` present (then all four must be)."""
+    sides = (dotted.split(".") for dotted, _ in TOKEN_KEYS)
+    return any(isinstance(meta.get(side), dict) and key in meta[side] for side, key in sides)
 
 
 def check_splits(path: Path, splits) -> None:
@@ -184,6 +196,8 @@ def read_shard(path: Path, entry: dict, meta: dict, dtype) -> dict[str, np.ndarr
             for name, key, strings, required in COLUMNS
             if required or key in f
         }
+        if has_tokens(meta):
+            check_token_datasets(f, path, entry, meta)
     for key, value in fields.values():
         side = "image" if key.startswith("images/") else "text"
         count = "num_images" if side == "image" else "num_captions"
@@ -194,6 +208,42 @@ def read_shard(path: Path, entry: dict, meta: dict, dtype) -> dict[str, np.ndarr
         name: value.astype(dtype, copy=False) if key.endswith("/embeddings") else value
         for name, (key, value) in fields.items()
     }
+
+
+def token_dataset(f: h5py.File, path: Path, key: str, ndim: int, kind: str) -> h5py.Dataset:
+    """Dataset `key` of an open shard, checked to be `ndim`-dimensional of dtype kind `kind` ('f' float, 'b' bool)."""
+    if key not in f or not isinstance(f[key], h5py.Dataset):
+        raise BadInput(f"{path}: no dataset '{key}'; expected one in a token cache (re-encode with --tokens)")
+    data = f[key]
+    if data.ndim != ndim or data.dtype.kind != kind:
+        what = {"f": "floats", "b": "booleans"}[kind]
+        raise BadInput(f"{path}: dataset '{key}' is {data.dtype} of shape {data.shape}, expected {ndim}-D {what}")
+    return data
+
+
+def check_token_datasets(f: h5py.File, path: Path, entry: dict, meta: dict) -> dict[str, tuple[int, ...]]:
+    """The token datasets' shapes, checked against the shard's metadata entry without reading them.
+
+    `images/tokens` (n, num_tokens, token_dim); `captions/tokens` (m, L, token_dim) with L <= max_tokens;
+    `captions/token_mask` (m, L) bool. A mismatch is `BadInput` naming the shard file and the dataset.
+    """
+    image, text, n, m = meta["image_model"], meta["text_model"], entry["num_images"], entry["num_captions"]
+    images = token_dataset(f, path, "images/tokens", 3, "f").shape
+    if images != (n, image["num_tokens"], image["token_dim"]):
+        raise BadInput(
+            f"{path}: dataset 'images/tokens' has shape {images}, expected ({n}, {image['num_tokens']}, "
+            f"{image['token_dim']}) (shards[{entry['index']}].num_images, image_model.num_tokens, .token_dim)"
+        )
+    captions = token_dataset(f, path, "captions/tokens", 3, "f").shape
+    if captions[0] != m or captions[2] != text["token_dim"] or captions[1] > text["max_tokens"]:
+        raise BadInput(
+            f"{path}: dataset 'captions/tokens' has shape {captions}, expected ({m}, L, {text['token_dim']}) with "
+            f"L <= {text['max_tokens']} (shards[{entry['index']}].num_captions, text_model.max_tokens, .token_dim)"
+        )
+    mask = token_dataset(f, path, "captions/token_mask", 2, "b").shape
+    if mask != captions[:2]:
+        raise BadInput(f"{path}: dataset 'captions/token_mask' has shape {mask}, expected {captions[:2]} as tokens")
+    return {"images/tokens": images, "captions/tokens": captions, "captions/token_mask": mask}
 
 
 def caption_rows(cache_dir: Path, shards: list[dict], image_ids: np.ndarray, caption_image_ids: np.ndarray):

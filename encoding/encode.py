@@ -4,7 +4,7 @@
 images each (with all their captions) and are written atomically; rerunning the same request
 resumes at the first missing shard and gives the same shards as an uninterrupted run. Under
 torchrun each rank encodes the shards `i` with `i % WORLD_SIZE == RANK`, giving the same cache as
-one process.
+one process. With `tokens` the shards also hold the backbones' tokens (`encoding.tokens`, `token_shards`).
 """
 
 import os
@@ -23,6 +23,7 @@ from encoding.datasets import ImageRecord, read_dataset
 from encoding.errors import BadInput
 from encoding.image_batches import EncodedShard, ShardPlan, image_shards
 from encoding.runtime import autocast, distributed, library_versions, resolve_device, resolve_precision
+from encoding.tokens import TokenLayout, check_image_tokens, pad_and_stack, real_tokens_first, token_layout
 
 E5_INSTRUCTION = "Instruct: {}\nQuery: "
 DATASET_KEYS = ("kind", "root", "annotations", "limit")  # the `dataset` entry's own keys; not reader options
@@ -60,6 +61,8 @@ class EncodeRequest:
     text_prefix: str | None = None
     text_instruction: str | None = None
     dataset_options: dict = field(default_factory=dict)
+    tokens: bool = False  # also store image and caption tokens
+    image_tokens: int | None = None  # average-pool each image's token grid to this many (a square)
 
     def __post_init__(self):
         for name in ("root", "out", "annotations"):
@@ -72,6 +75,7 @@ class EncodeRequest:
         reserved = sorted(set(self.dataset_options) & {*DATASET_KEYS, "pairs"})
         if reserved:
             raise BadInput(f"dataset_options {reserved}: these are EncodeRequest fields, not reader options")
+        check_image_tokens(self.image_tokens, self.tokens)
 
     def reader_options(self) -> dict:
         """Keyword options for the dataset reader: `dataset_options`, plus `pairs=True` with `pairs`."""
@@ -89,7 +93,8 @@ class EncodeRequest:
             "limit": self.limit,
             **self.reader_options(),
         }
-        return {"dataset": dataset, "shard_size": self.shard_size}
+        tokens = {"image_tokens": self.image_tokens} if self.tokens else None
+        return {"dataset": dataset, "shard_size": self.shard_size, "tokens": tokens}
 
 
 @dataclass(frozen=True)
@@ -106,23 +111,36 @@ class EncodeJob:
     world: int
     num_shards: int
     optional: frozenset[str]  # "labels" / "splits" when every record has one
-
-    def encode_captions(self, texts: list[str], batch_size: int) -> torch.Tensor:
-        """(m,) captions → (m, D_txt) L2-normalised."""
-        return encode_texts(texts, self.text_model, self.prefix, batch_size, self.device, self.precision)
+    tokens: TokenLayout | None  # with --tokens: what each image and caption stores
 
 
 def encode_texts(texts: list[str], text_model, prefix: str, batch_size: int, device, precision) -> torch.Tensor:
     """(m,) captions → (m, D_txt) L2-normalised; each distinct text is encoded once, in batches."""
+    return encode_texts_with_tokens(texts, text_model, prefix, batch_size, device, precision, None)[0]
+
+
+def encode_texts_with_tokens(texts, text_model, prefix: str, batch_size: int, device, precision, token_dim):
+    """(m,) captions → ((m, D_txt) L2-normalised, tokens (m, L, D') float16, mask (m, L) bool); each distinct
+    text is encoded once, in batches. Tokens are packed real first and padded to the longest caption (L);
+    with `token_dim` None only the embeddings are computed (tokens and mask are None)."""
     unique = list(dict.fromkeys(texts))
-    parts = []
+    parts, token_parts = [], []
     for start in range(0, len(unique), batch_size):
         with autocast(device, precision):
             batch = [prefix + t for t in unique[start : start + batch_size]]
-            parts.append(F.normalize(text_model.encode(batch).float(), dim=-1).cpu())
+            if token_dim is None:
+                parts.append(F.normalize(text_model.encode(batch).float(), dim=-1).cpu())
+                continue
+            features, hidden, mask = text_model.encode_with_tokens(batch)
+            parts.append(F.normalize(features.float(), dim=-1).cpu())
+        token_parts.append(real_tokens_first(hidden, mask))
     embeddings = torch.cat(parts) if parts else torch.zeros(0, text_model.dim)
     row = {text: i for i, text in enumerate(unique)}
-    return embeddings[[row[t] for t in texts]]
+    rows = [row[t] for t in texts]
+    if token_dim is None:
+        return embeddings[rows], None, None
+    tokens, mask = pad_and_stack(token_parts, token_dim)
+    return embeddings[rows], tokens[rows], mask[rows]
 
 
 def check_request(request: EncodeRequest) -> None:
@@ -164,10 +182,10 @@ def prepare(request: EncodeRequest) -> EncodeJob:
     precision = resolve_precision(request.precision, device)
     image_model, text_model, prefix = load_models(request, device, precision)
     num_shards = request.plan().num_shards(len(records))
+    tokens = token_layout(image_model, text_model, request.image_tokens) if request.tokens else None
     header = {
         **request.header(),
-        "image_model": {**image_model.describe(), "dtype": request.dtype, "normalized": True},
-        "text_model": {**text_model.describe(), "prefix": prefix, "dtype": request.dtype, "normalized": True},
+        **model_entries(request, image_model, text_model, prefix, tokens),
         "num_shards": num_shards,
         "versions": library_versions(),
     }
@@ -177,7 +195,19 @@ def prepare(request: EncodeRequest) -> EncodeJob:
         for name, attribute in (("labels", "label"), ("splits", "split"))
         if all(getattr(r, attribute) is not None for r in records)
     )
-    return EncodeJob(records, image_model, text_model, prefix, device, precision, rank, world, num_shards, optional)
+    return EncodeJob(
+        records, image_model, text_model, prefix, device, precision, rank, world, num_shards, optional, tokens
+    )
+
+
+def model_entries(request: EncodeRequest, image_model, text_model, prefix: str, tokens: TokenLayout | None) -> dict:
+    """The `image_model` and `text_model` entries of metadata.json (with the token keys of a token cache)."""
+    image_entry, text_entry = (tokens.image_entry(), tokens.text_entry()) if tokens else ({}, {})
+    stored = {"dtype": request.dtype, "normalized": True}
+    return {
+        "image_model": {**image_model.describe(), **image_entry, **stored},
+        "text_model": {**text_model.describe(), **text_entry, "prefix": prefix, **stored},
+    }
 
 
 def build_shard(job: EncodeJob, shard: EncodedShard, batch_size: int) -> cache.ShardData:
@@ -185,12 +215,16 @@ def build_shard(job: EncodeJob, shard: EncodedShard, batch_size: int) -> cache.S
     images = [job.records[i] for i in shard.kept]
     captions = [(r.image_id, text) for r in images for text in r.captions]
     texts = [text for _, text in captions]
+    token_dim = job.tokens.text_dim if job.tokens else None
+    embeddings, tokens, mask = encode_texts_with_tokens(
+        texts, job.text_model, job.prefix, batch_size, job.device, job.precision, token_dim
+    )
     return cache.ShardData(
         image_ids=[r.image_id for r in images],
         image_embeddings=shard.embeddings.numpy(),
         image_paths=[r.path for r in images],
         caption_image_ids=[image_id for image_id, _ in captions],
-        caption_embeddings=job.encode_captions(texts, batch_size).numpy(),
+        caption_embeddings=embeddings.numpy(),
         caption_text=texts,
         image_labels=np.array([r.label for r in images], dtype=np.int64) if "labels" in job.optional else None,
         image_splits=[r.split for r in images] if "splits" in job.optional else None,
@@ -199,6 +233,9 @@ def build_shard(job: EncodeJob, shard: EncodedShard, batch_size: int) -> cache.S
             {"image_id": job.records[i].image_id, "path": job.records[i].path, "reason": reason}
             for i, reason in shard.failures
         ],
+        image_tokens=None if shard.tokens is None else shard.tokens.numpy(),
+        caption_tokens=None if tokens is None else tokens.numpy(),
+        caption_token_mask=None if mask is None else mask.numpy(),
     )
 
 
@@ -215,7 +252,9 @@ def encode_cache(request: EncodeRequest) -> dict:
     total = sum(len(plan.shard_records(i, len(job.records))) for i in todo)
     desc = f"encode rank {job.rank}" if job.world > 1 else "encode"
     with tqdm(total=total, unit="img", desc=desc, disable=None) as progress:
-        for shard in image_shards(job.records, todo, job.image_model, plan, job.device, job.precision, progress):
+        tokens = job.tokens.image if job.tokens else None
+        shards = image_shards(job.records, todo, job.image_model, plan, job.device, job.precision, progress, tokens)
+        for shard in shards:
             data = build_shard(job, shard, request.batch_size)
             cache.record_shard(request.out, cache.write_shard(request.out, shard.index, data, dtype=request.dtype))
     return report(request.out, job)

@@ -1,5 +1,5 @@
 """The image side of the encode loop: decode files in DataLoader workers, batch them shard by shard,
-and run the image backbone → one `EncodedShard` (L2-normalised embeddings) per shard.
+and run the image backbone → one `EncodedShard` (L2-normalised embeddings, optionally tokens) per shard.
 
 Batches never cross a shard boundary (`ShardPlan`), so a shard's embeddings do not depend on
 where a run started: a resumed run writes the same shards as an uninterrupted one.
@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from encoding.datasets import ImageRecord, open_image
 from encoding.runtime import autocast
+from encoding.tokens import ImageTokens
 
 # What a backbone's `preprocess` returns per image, batched: (B, C, H, W) or a dict of such tensors.
 Pixels = torch.Tensor | dict[str, torch.Tensor]
@@ -87,6 +88,7 @@ class EncodedShard:
     embeddings: torch.Tensor  # (n, D_img) float32 on CPU, L2-normalised
     sha1s: list[str]  # (n,) decoded-pixel hashes
     failures: list[tuple[int, str]]  # (record index, reason) of the images that did not decode
+    tokens: torch.Tensor | None = None  # (n, T, D) float16 on CPU, with `--tokens`
 
 
 class ImageFiles(Dataset):
@@ -122,13 +124,24 @@ def to_device(pixels: Pixels, device: torch.device) -> Pixels:
     return _apply(pixels, "to", device, non_blocking=True)
 
 
-def encode_shard(index: int, batches, image_model, device, precision, progress: tqdm | None) -> EncodedShard:
-    """Run the image model over one shard's `ImageBatch`es → its `EncodedShard`."""
-    kept, embeddings, sha1s, failures = [], [], [], []
+def encode_shard(
+    index: int, batches, image_model, device, precision, progress: tqdm | None, tokens: ImageTokens | None = None
+) -> EncodedShard:
+    """Run the image model over one shard's `ImageBatch`es → its `EncodedShard`.
+
+    With `tokens`, one `encode_with_tokens` forward per batch gives both the embeddings and the stored tokens.
+    """
+    kept, embeddings, token_parts, sha1s, failures = [], [], [], [], []
     for batch in batches:
         if batch.pixels is not None:
+            pixels = to_device(batch.pixels, device)
             with autocast(device, precision):
-                features = image_model.encode(to_device(batch.pixels, device))
+                if tokens is None:
+                    features = image_model.encode(pixels)
+                else:
+                    features, grid_tokens, grid = image_model.encode_with_tokens(pixels)
+            if tokens is not None:
+                token_parts.append(tokens.store(grid_tokens, grid))
             embeddings.append(F.normalize(features.float(), dim=-1).cpu())
             kept += batch.kept
             sha1s += batch.sha1s
@@ -136,11 +149,14 @@ def encode_shard(index: int, batches, image_model, device, precision, progress: 
         if progress is not None:
             progress.update(len(batch.indices))
     images = torch.cat(embeddings) if embeddings else torch.zeros(0, image_model.dim)
-    return EncodedShard(index, kept, images, sha1s, failures)
+    stored = None if tokens is None else torch.cat(token_parts) if token_parts else tokens.empty()
+    return EncodedShard(index, kept, images, sha1s, failures, stored)
 
 
-def image_shards(records, shards: list[int], image_model, plan: ShardPlan, device, precision, progress=None):
-    """Yield the `EncodedShard` of each of `shards`, in order.
+def image_shards(
+    records, shards: list[int], image_model, plan: ShardPlan, device, precision, progress=None, tokens=None
+):
+    """Yield the `EncodedShard` of each of `shards`, in order (with image tokens when `tokens` is an `ImageTokens`).
 
     One DataLoader (workers decode and preprocess; pinned memory on CUDA) feeds every shard.
     """
@@ -152,4 +168,4 @@ def image_shards(records, shards: list[int], image_model, plan: ShardPlan, devic
         collate_fn=collate,
     )
     for index, batches in itertools.groupby(loader, key=lambda batch: batch.indices[0] // plan.shard_size):
-        yield encode_shard(index, batches, image_model, device, precision, progress)
+        yield encode_shard(index, batches, image_model, device, precision, progress, tokens)

@@ -19,6 +19,8 @@ def summary(cache_dir: Path, meta: dict) -> list[str]:
         lines.append(f"{side:<11} {m.get('spec')}  dim {m['dim']}  {m.get('dtype')}  weights {m.get('weights')}")
         if m.get("prefix"):
             lines.append(f"{'':<11} text prefix {m['prefix']!r}")
+    if cache_checks.has_tokens(meta):
+        lines.append(token_summary(meta))
     if (Path(cache_dir) / cache.SPLITS).is_file():
         splits = cache.read_splits(cache_dir)
         counts = "  ".join(f"{k} {len(v)}" for k, v in splits.items() if isinstance(v, list))
@@ -29,6 +31,18 @@ def summary(cache_dir: Path, meta: dict) -> list[str]:
     lines.append(f"skipped     {len(skipped)}")
     lines += [f"  {s.get('image_id')} {s.get('path')}: {s.get('reason')}" for s in skipped[:20] if isinstance(s, dict)]
     return lines
+
+
+def token_summary(meta: dict) -> str:
+    """`tokens      image 49 x 768 (grid 7x7)   text <= 77 x 512` for a token cache."""
+    image, text, asked = meta["image_model"], meta["text_model"], meta.get("tokens") or {}
+    grid = image.get("token_grid")
+    shape = f"grid {grid[0]}x{grid[1]}" if grid else "no fixed grid"
+    pooled = f", pooled to {asked['image_tokens']}" if asked.get("image_tokens") else ""
+    return (
+        f"{'tokens':<11} image {image['num_tokens']} x {image['token_dim']} ({shape}{pooled})   "
+        f"text <= {text['max_tokens']} x {text['token_dim']}"
+    )
 
 
 def verify_shards(cache_dir: Path, meta: dict) -> tuple[list[str], list[str]]:

@@ -3,6 +3,7 @@
 Each text gets an EOS token appended and the last token's final hidden state is its embedding
 (last-token pooling, right or left padding). Weights load in fp16/bf16 on GPUs (`--precision`),
 fp32 on CPU. E5-Mistral wants queries as `Instruct: TASK\\nQuery: TEXT`: give `--text-instruction`.
+Tokens (`encode_with_tokens`): `last_hidden_state` of every token (the appended EOS included) and the mask.
 """
 
 from pathlib import Path
@@ -55,9 +56,18 @@ class DecoderText:
     @torch.inference_mode()
     def encode(self, texts: list[str]) -> torch.Tensor:
         """(B,) strings → (B, dim) float32, not normalised."""
+        return self.encode_with_tokens(texts)[0]
+
+    @torch.inference_mode()
+    def encode_with_tokens(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B,) strings → (B, dim) as `encode`, `last_hidden_state` (B, L, D'), attention mask (B, L) bool."""
         batch = {key: value.to(self.device) for key, value in self.tokenize(texts).items()}
         hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        return last_token_pool(hidden, batch["attention_mask"]).float()
+        return last_token_pool(hidden, batch["attention_mask"]).float(), hidden, batch["attention_mask"].bool()
+
+    @property
+    def max_tokens(self) -> int:
+        return self.max_length
 
     def describe(self) -> dict:
         return {

@@ -3,6 +3,12 @@
 The image tower is `model.get_image_features(**image_processor(image))`, the text tower
 `model.get_text_features(**tokenizer(texts, ...))` with the padding each family was trained with
 (SigLIP: to `max_length`). A local directory written by `save_pretrained` works offline.
+
+Tokens (`encode_with_tokens`, from the same forward): the towers' `last_hidden_state`. Image: CLIP's
+encoder output without its class token (before `post_layernorm`, which CLIP applies to the class token
+only), SigLIP's after `post_layernorm`; SigLIP 2 (NaFlex) gives `max_num_patches` tokens per image in
+the processor's patch order, each image's own h x w patches first and zeros at its padding patches (no
+fixed grid). Text: `last_hidden_state` (after `final_layer_norm`) with the tokenizer's attention mask.
 """
 
 from pathlib import Path
@@ -10,11 +16,20 @@ from pathlib import Path
 import torch
 
 from encoding.backbones import IMAGE_BACKBONES, TEXT_BACKBONES
+from encoding.backbones.tokens import Grid, patch_tokens
 from encoding.backbones.weights import weights_digest
 from encoding.errors import BadInput
 
 # How each family pads text: to the longest in the batch (CLIP) or to the position limit (SigLIP).
 TEXT_PADDING = {"clip": "longest", "siglip": "max_length", "siglip2": "max_length"}
+CLASS_TOKENS = {"clip": 1, "siglip": 0, "siglip2": 0}  # prefix tokens in the vision tower's last_hidden_state
+
+
+def _hidden(output, spec: str):
+    """The model output carrying `last_hidden_state` (transformers >= 5), or BadInput for older versions."""
+    if isinstance(output, torch.Tensor):
+        raise BadInput(f"--tokens with {spec} needs transformers >= 5 (its feature calls return hidden states)")
+    return output
 
 
 def _features(output) -> torch.Tensor:
@@ -72,6 +87,21 @@ class HFImage:
         """Batched processor output (`pixel_values` (B, 3, H, W), ...) → (B, dim), not normalised."""
         return _features(self.model.get_image_features(**_to(pixels, self.device))).float()
 
+    @torch.inference_mode()
+    def encode_with_tokens(self, pixels: dict) -> tuple[torch.Tensor, torch.Tensor, Grid]:
+        """Batched processor output → (B, dim) as `encode`, patch tokens (B, T, D), their grid (None for SigLIP 2)."""
+        inputs = _to(pixels, self.device)
+        output = _hidden(self.model.get_image_features(**inputs), self.spec)
+        config = self.model.config.vision_config
+        tokens = output.last_hidden_state
+        if "pixel_attention_mask" in inputs:  # SigLIP 2: variable patch grids, padded to max_num_patches
+            tokens = tokens.masked_fill(~inputs["pixel_attention_mask"].bool()[..., None], 0)
+            grid = None
+        else:
+            grid = (config.image_size // config.patch_size,) * 2
+        tokens, grid = patch_tokens(tokens, CLASS_TOKENS[self.model.config.model_type], grid)
+        return output.pooler_output.float(), tokens, grid
+
     def describe(self) -> dict:
         settings = self.processor.to_dict()
         keep = ("size", "crop_size", "do_center_crop", "image_mean", "image_std", "resample", "max_num_patches")
@@ -106,14 +136,35 @@ class HFText:
     def tokenize(self, texts: list[str]) -> dict:
         """The tokenizer call each family documents (SigLIP pads to max_length)."""
         return self.tokenizer(
-            texts, padding=self.padding, truncation=True, max_length=self.max_length, return_tensors="pt"
+            texts,
+            padding=self.padding,
+            truncation=True,
+            max_length=self.max_length,
+            return_attention_mask=True,
+            return_tensors="pt",
         )
+
+    def model_inputs(self, batch: dict) -> dict:
+        """The ids, and the attention mask where the tokenizer lists it among its model inputs."""
+        names = [k for k in ("input_ids", "attention_mask") if k in self.tokenizer.model_input_names]
+        return _to({k: batch[k] for k in names}, self.device)
 
     @torch.inference_mode()
     def encode(self, texts: list[str]) -> torch.Tensor:
         """(B,) strings → (B, dim), not normalised."""
-        inputs = {k: v for k, v in self.tokenize(texts).items() if k in ("input_ids", "attention_mask")}
-        return _features(self.model.get_text_features(**_to(inputs, self.device))).float()
+        return _features(self.model.get_text_features(**self.model_inputs(self.tokenize(texts)))).float()
+
+    @torch.inference_mode()
+    def encode_with_tokens(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B,) strings → (B, dim) as `encode`, `last_hidden_state` (B, L, D'), the tokenizer's mask (B, L) bool."""
+        batch = self.tokenize(texts)
+        output = _hidden(self.model.get_text_features(**self.model_inputs(batch)), self.spec)
+        mask = batch["attention_mask"].to(self.device).bool()
+        return output.pooler_output.float(), output.last_hidden_state, mask
+
+    @property
+    def max_tokens(self) -> int:
+        return self.max_length
 
     def describe(self) -> dict:
         tokenizer = {"class": type(self.tokenizer).__name__, "padding": self.padding, "max_length": self.max_length}

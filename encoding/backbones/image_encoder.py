@@ -10,6 +10,7 @@ a checkpoint as a frozen backbone for `xalign encode`.
 import torch
 from torch import nn
 
+from encoding.backbones.tokens import Grid, feature_map_tokens, timm_tokens
 from encoding.backbones.weights import load_trunk_weights
 from encoding.errors import BadInput
 from encoding.registry import Registry
@@ -75,6 +76,10 @@ class TimmTrunk(nn.Module):
         """The model's own pooling (average for CNNs, class token for ViTs) → (B, C)."""
         return self.model.forward_head(features, pre_logits=True)
 
+    def spatial_tokens(self, features: torch.Tensor) -> tuple[torch.Tensor, Grid]:
+        """`forward` output → (B, T, C) spatial tokens (ViT prefix tokens dropped) and their grid."""
+        return timm_tokens(self.model, features)
+
 
 @TRUNKS.register("torchvision")
 class TorchvisionTrunk(nn.Module):
@@ -102,6 +107,10 @@ class TorchvisionTrunk(nn.Module):
 
     def pool(self, features: torch.Tensor) -> torch.Tensor:
         return features.mean(dim=(2, 3))
+
+    def spatial_tokens(self, features: torch.Tensor) -> tuple[torch.Tensor, Grid]:
+        """(B, C, h, w) → ((B, h*w, C) row-major, (h, w))."""
+        return feature_map_tokens(features)
 
 
 def as_tokens(features: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,10 @@ SPEC is `ARCH@PRETRAINED` (a pretrained tag such as `laion2b_s34b_b79k`, or a lo
 file), `hf-hub:ORG/REPO`, `local-dir:PATH` or a directory holding `open_clip_config.json` and its
 weights, or a bare `ARCH`, which is randomly initialised (seed 0, no download) and said so in
 `describe()["weights"]`. The model's own transform (resize, crop, mean/std) is used and recorded.
+
+Tokens (`encode_with_tokens`): a ViT tower's own `output_tokens` (after `ln_post`, class token dropped), a
+ModifiedResNet's feature map before its attention pool, a timm tower's `forward_features`; the text
+tower's final hidden states (after `ln_final`) over the whole context, real tokens masked.
 """
 
 from pathlib import Path
@@ -11,6 +15,15 @@ from pathlib import Path
 import torch
 
 from encoding.backbones import IMAGE_BACKBONES, TEXT_BACKBONES
+from encoding.backbones.tokens import (
+    Grid,
+    captured,
+    feature_map_tokens,
+    flag_set,
+    patch_tokens,
+    right_padded_mask,
+    timm_tokens,
+)
 from encoding.backbones.weights import weights_digest
 from encoding.errors import BadInput
 
@@ -69,6 +82,11 @@ class OpenClipImage:
         """(B, 3, H, W) → (B, dim), not normalised."""
         return self.model.encode_image(pixels.to(self.device)).float()
 
+    @torch.inference_mode()
+    def encode_with_tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Grid]:
+        """(B, 3, H, W) → (B, dim) as `encode`, the tower's spatial tokens (B, T, D) and their grid."""
+        return visual_tokens(self.model.visual, pixels.to(self.device), self.spec)
+
     def describe(self) -> dict:
         cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in self.preprocess_cfg.items()}
         return {"spec": self.spec, "dim": self.dim, "library": "open_clip", "weights": self.weights, "preprocess": cfg}
@@ -88,6 +106,30 @@ class OpenClipText:
         """(B,) strings → (B, dim), not normalised."""
         return self.model.encode_text(self.tokenizer(texts).to(self.device)).float()
 
+    @torch.inference_mode()
+    def encode_with_tokens(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B,) strings → (B, dim) as `encode`, hidden states (B, context, D') after `ln_final`, mask (B, context)."""
+        from open_clip.transformer import TextTransformer
+
+        ids = self.tokenizer(texts).to(self.device)
+        text = getattr(self.model, "text", None)
+        if text is None:  # the CLIP class keeps the text modules on the model itself
+            with captured(self.model.ln_final) as seen:
+                pooled = self.model.encode_text(ids)
+            hidden, pad_id = seen[0], 0
+        elif isinstance(text, TextTransformer):
+            with flag_set(text, "output_tokens", True):
+                pooled, hidden = text(ids)
+            pad_id = text.pad_id
+        else:
+            raise BadInput(f"--tokens: {self.spec}'s text tower {type(text).__name__} gives no tokens here")
+        return pooled.float(), hidden, right_padded_mask(ids, pad_id)
+
+    @property
+    def max_tokens(self) -> int:
+        """The tokenizer's context length: every caption is padded (or cut) to it."""
+        return getattr(self.tokenizer, "context_length", None) or self.model.context_length
+
     def describe(self) -> dict:
         context = getattr(self.tokenizer, "context_length", None)
         return {
@@ -97,3 +139,27 @@ class OpenClipText:
             "weights": self.weights,
             "tokenizer": {"class": type(self.tokenizer).__name__, "context_length": context},
         }
+
+
+def visual_tokens(visual, pixels: torch.Tensor, spec: str) -> tuple[torch.Tensor, torch.Tensor, Grid]:
+    """(pooled (B, dim) as `visual(pixels)`, spatial tokens (B, T, D), grid) from one forward of an open_clip tower."""
+    from open_clip.modified_resnet import ModifiedResNet
+    from open_clip.timm_model import TimmModel
+    from open_clip.transformer import VisionTransformer
+
+    if isinstance(visual, VisionTransformer):
+        with flag_set(visual, "output_tokens", True):
+            pooled, tokens = visual(pixels)
+        keeps_class = visual.attn_pool is None and visual.pool_type == "none"
+        tokens, grid = patch_tokens(tokens, 1 if keeps_class else 0, visual.grid_size)
+    elif isinstance(visual, ModifiedResNet):
+        with captured(visual.attnpool, "input") as seen:
+            pooled = visual(pixels)
+        tokens, grid = feature_map_tokens(seen[0])
+    elif isinstance(visual, TimmModel):  # its forward is head(trunk(x)), trunk(x) = forward_head(forward_features(x))
+        features = visual.trunk.forward_features(pixels)
+        pooled = visual.head(visual.trunk.forward_head(features))
+        tokens, grid = timm_tokens(visual.trunk, features)
+    else:
+        raise BadInput(f"--tokens: {spec}'s image tower {type(visual).__name__} gives no tokens here")
+    return pooled.float(), tokens, grid

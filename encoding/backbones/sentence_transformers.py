@@ -3,12 +3,16 @@
 E5 models expect a `query: ` / `passage: ` prefix. `default_prefix` is the model's own default
 prompt when its config names one, `query: ` for the E5 family, else none; `xalign encode
 --text-prefix` overrides it and the prefix used is recorded in metadata.
+
+Tokens (`encode_with_tokens`): the `token_embeddings` the transformer module hands to the pooling
+module (its final hidden states), with the tokenizer's attention mask, from the same `encode` call.
 """
 
 import re
 from pathlib import Path
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from encoding.backbones import TEXT_BACKBONES
 from encoding.backbones.weights import weights_digest
@@ -60,6 +64,24 @@ class SentenceTransformerText:
             normalize_embeddings=False,
             show_progress_bar=False,
         ).float()
+
+    @torch.inference_mode()
+    def encode_with_tokens(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B,) strings → (B, dim) as `encode`, token embeddings (B, L, D'), attention mask (B, L) bool.
+
+        `output_value=None` runs the same batches as `encode` and returns every module output per text.
+        """
+        rows = self.model.encode(
+            texts, batch_size=self.batch_size, output_value=None, normalize_embeddings=False, show_progress_bar=False
+        )
+        pooled = torch.stack([row["sentence_embedding"] for row in rows]).float()
+        hidden = pad_sequence([row["token_embeddings"] for row in rows], batch_first=True)
+        mask = pad_sequence([row["attention_mask"].bool() for row in rows], batch_first=True)
+        return pooled, hidden, mask
+
+    @property
+    def max_tokens(self) -> int:
+        return self.model.max_seq_length
 
     def describe(self) -> dict:
         local = Path(self.location).is_dir()

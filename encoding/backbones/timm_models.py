@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from encoding.backbones import IMAGE_BACKBONES
+from encoding.backbones.tokens import Grid, timm_tokens
 from encoding.backbones.weights import load_trunk_weights, weights_digest
 from encoding.errors import BadInput
 
@@ -49,6 +50,14 @@ class TimmImage:
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) → (B, dim)."""
         return self.model(pixels.to(self.device)).float()
+
+    @torch.inference_mode()
+    def encode_with_tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Grid]:
+        """(B, 3, H, W) → (B, dim) as `encode` (timm's forward is `forward_head(forward_features(x))`),
+        `forward_features` as (B, T, D) tokens without prefix tokens, and their grid."""
+        features = self.model.forward_features(pixels.to(self.device))
+        tokens, grid = timm_tokens(self.model, features)
+        return self.model.forward_head(features).float(), tokens, grid
 
     def describe(self) -> dict:
         return {

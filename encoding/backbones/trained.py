@@ -2,7 +2,8 @@
 
 Reads a `best.pt`/`last.pt` written by `xalign backbone-train` (tensors and plain values only,
 `weights_only=True`), rebuilds the encoder from its architecture dict and encodes with the same
-eval preprocessing as training.
+eval preprocessing as training. Tokens (`encode_with_tokens`) are the trunk's final feature map before
+pooling: a CNN's (B, C, h, w) map as h*w tokens, a timm ViT's tokens without its class/register tokens.
 """
 
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 
 from encoding.backbones import CHECKPOINT_PREFIX, IMAGE_BACKBONES
 from encoding.backbones.image_encoder import CHECKPOINT_FORMAT, build_image_encoder, eval_transform, image_size_hw
+from encoding.backbones.tokens import Grid
 from encoding.backbones.weights import weights_digest
 from encoding.errors import BadInput
 
@@ -58,6 +60,13 @@ class CheckpointImage:
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) → (B, dim), L2-normalised."""
         return F.normalize(self.model(pixels.to(self.device)).float(), dim=-1)
+
+    @torch.inference_mode()
+    def encode_with_tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Grid]:
+        """(B, 3, H, W) → (B, dim) as `encode`, the trunk's spatial tokens (B, T, C) and their grid."""
+        features = self.model.trunk(pixels.to(self.device))
+        pooled = F.normalize(self.model.head(self.model.pool(features)).float(), dim=-1)
+        return (pooled, *self.model.trunk.spatial_tokens(features))
 
     def describe(self) -> dict:
         arch = self.architecture

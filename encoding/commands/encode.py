@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="input size for backbones that accept any (timm, open_clip)")
     p.add_argument("--text-prefix", help="prepended to every caption (default: the model's own, E5: 'query: ')")
     p.add_argument("--text-instruction", help="decoder models: caption becomes 'Instruct: TEXT\\nQuery: caption'")
+    p.add_argument(
+        "--tokens", action="store_true", help="also store image tokens and caption hidden states (token caches)"
+    )
+    p.add_argument("--image-tokens", type=int, help="with --tokens: average-pool each image's token grid to N = s*s")
     return p
 
 

@@ -5,6 +5,10 @@ L2-normalise → HDF5 shard write, exactly as `xalign encode` runs it (image sid
 model on the same images already decoded and preprocessed into batches in memory. Both loops run
 in this process, one after the other, after a warm-up, `--repeats` times alternating; the best
 time of each is kept (least disturbed by other load) and `pipeline_vs_forward` is their ratio.
+
+`--tokens`: the forward and the pipeline also keep and store the image tokens (`xalign encode --tokens`,
+image side), and the pooled-only pipeline is measured too: `tokens_cost` = pooled-only pipeline images/s
+over the tokens pipeline's (1.0: storing tokens costs nothing).
 """
 
 import argparse
@@ -24,6 +28,7 @@ from encoding.backbones import load_image_backbone
 from encoding.datasets import ImageRecord
 from encoding.image_batches import ImageFiles, ShardPlan, collate, image_shards, to_device
 from encoding.runtime import autocast, resolve_device, resolve_precision, synchronize
+from encoding.tokens import ImageTokens, check_image_tokens, image_tokens_for
 
 
 def write_jpegs(folder: Path, count: int, width: int, height: int) -> list[ImageRecord]:
@@ -41,11 +46,12 @@ def write_jpegs(folder: Path, count: int, width: int, height: int) -> list[Image
     return records
 
 
-def run_pipeline(records, model, plan: ShardPlan, device, precision, out: Path) -> float:
-    """Seconds for decode → preprocess → forward → write of every record, in shards of `--shard-size`."""
+def run_pipeline(records, model, plan: ShardPlan, device, precision, out: Path, tokens: ImageTokens | None) -> float:
+    """Seconds for decode → preprocess → forward → write of every record (and its tokens), in `--shard-size` shards."""
     start = time.perf_counter()
     shards = list(range(plan.num_shards(len(records))))
-    for shard in image_shards(records, shards, model, plan, device, precision):
+    no_captions = {"caption_tokens": np.zeros((0, 0, 1), np.float16), "caption_token_mask": np.zeros((0, 0), bool)}
+    for shard in image_shards(records, shards, model, plan, device, precision, tokens=tokens):
         data = cache.ShardData(
             image_ids=[records[i].image_id for i in shard.kept],
             image_embeddings=shard.embeddings.numpy(),
@@ -54,18 +60,24 @@ def run_pipeline(records, model, plan: ShardPlan, device, precision, out: Path) 
             caption_embeddings=np.zeros((0, 1), np.float32),
             caption_text=[],
             image_pixel_sha1=shard.sha1s,
+            **({} if tokens is None else {"image_tokens": shard.tokens.numpy(), **no_captions}),
         )
         cache.write_shard(out, shard.index, data)
     synchronize(device)
     return time.perf_counter() - start
 
 
-def run_forward(batches, model, device, precision) -> float:
-    """Seconds for the forward (+ normalise, copy back) over pre-decoded, preprocessed batches."""
+def run_forward(batches, model, device, precision, tokens: ImageTokens | None) -> float:
+    """Seconds for the forward (+ normalise, copy back; tokens pooled and copied back) over preprocessed batches."""
     start = time.perf_counter()
     for pixels in batches:
         with autocast(device, precision):
-            features = model.encode(to_device(pixels, device))
+            if tokens is None:
+                features = model.encode(to_device(pixels, device))
+            else:
+                features, grid_tokens, grid = model.encode_with_tokens(to_device(pixels, device))
+        if tokens is not None:
+            tokens.store(grid_tokens, grid)
         F.normalize(features.float(), dim=-1).cpu()
     synchronize(device)
     return time.perf_counter() - start
@@ -83,15 +95,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1))
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    p.add_argument(
+        "--tokens", action="store_true", help="also store image tokens; measure the pooled-only pipeline too"
+    )
+    p.add_argument("--image-tokens", type=int, help="with --tokens: pool each image's token grid to N = s*s")
     return p
+
+
+def measure(args, model, records, batches, device, precision, out: Path, tokens: ImageTokens | None) -> dict:
+    """Best seconds of each loop over `--repeats` alternating runs, after a warm-up: forward, pipeline, and with
+    `tokens` also the pooled-only pipeline."""
+    plan = ShardPlan(args.shard_size, args.batch_size, args.num_workers)
+    loops = {
+        "forward": lambda: run_forward(batches, model, device, precision, tokens),
+        "pipeline": lambda: run_pipeline(records, model, plan, device, precision, out, tokens),
+    }
+    if tokens is not None:
+        loops["pooled_pipeline"] = lambda: run_pipeline(records, model, plan, device, precision, out, None)
+    run_forward(batches[:2], model, device, precision, tokens)  # warm-up
+    run_pipeline(records[: 2 * args.batch_size], model, plan, device, precision, out, tokens)  # warm-up
+    best = dict.fromkeys(loops, float("inf"))
+    for _ in range(max(1, args.repeats)):
+        for name, loop in loops.items():
+            best[name] = min(best[name], loop())
+    return best
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    check_image_tokens(args.image_tokens, args.tokens)
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     options = {"image_size": args.image_size} if args.image_size else {}
     model = load_image_backbone(args.image_model, device, **options)
+    tokens = image_tokens_for(model, args.image_tokens) if args.tokens else None
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "images").mkdir()
@@ -100,17 +137,17 @@ def main(argv=None) -> int:
         decoded = ImageFiles(records, model.preprocess)
         one_shard = ShardPlan(shard_size=len(records), batch_size=args.batch_size)
         batches = [collate([decoded[i] for i in batch]).pixels for batch in one_shard.batches([0], len(records))]
-        plan = ShardPlan(args.shard_size, args.batch_size, args.num_workers)
-        run_forward(batches[:2], model, device, precision)  # warm-up
-        run_pipeline(records[: 2 * args.batch_size], model, plan, device, precision, tmp / "cache")  # warm-up
-        pipeline_s, forward_s = float("inf"), float("inf")
-        for _ in range(max(1, args.repeats)):
-            pipeline_s = min(pipeline_s, run_pipeline(records, model, plan, device, precision, tmp / "cache"))
-            forward_s = min(forward_s, run_forward(batches, model, device, precision))
+        seconds = measure(args, model, records, batches, device, precision, tmp / "cache", tokens)
     result = {
-        "pipeline_images_per_s": round(len(records) / pipeline_s, 1),
-        "forward_images_per_s": round(len(records) / forward_s, 1),
-        "pipeline_vs_forward": round(forward_s / pipeline_s, 3),
+        "pipeline_images_per_s": round(len(records) / seconds["pipeline"], 1),
+        "forward_images_per_s": round(len(records) / seconds["forward"], 1),
+        "pipeline_vs_forward": round(seconds["forward"] / seconds["pipeline"], 3),
+    }
+    if tokens is not None:
+        result["pooled_pipeline_images_per_s"] = round(len(records) / seconds["pooled_pipeline"], 1)
+        result["tokens_cost"] = round(seconds["pipeline"] / seconds["pooled_pipeline"], 3)
+        result["image_tokens"] = [tokens.num_tokens, tokens.token_dim]
+    result |= {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": precision,
         "image_model": args.image_model,

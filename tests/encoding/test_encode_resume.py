@@ -15,12 +15,16 @@ def _command(*args):
     return [sys.executable, "-m", "pipeline.cli", "encode", *args]
 
 
-def test_kill_9_then_rerun_gives_the_uninterrupted_cache(tmp_path):
+def kill_rerun_and_compare(tmp_path, *extra) -> None:
+    """Kill an encode run (with `extra` flags) after its first shard, rerun it; compare with an uninterrupted run."""
     root, rows = folder_dataset(tmp_path / "data", 40, corrupt=True)
     out = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
-        _command(*argv(root, rows, out, shard_size=2)), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        _command(*argv(root, rows, out, *extra, shard_size=2)),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 45
     while time.time() < deadline and process.poll() is None:
@@ -31,7 +35,12 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_cache(tmp_path):
     process.wait()
     meta = cache.read_metadata(out)
     assert 1 <= len(meta["shards"]) < meta["num_shards"] and not meta["complete"]
-    subprocess.run(_command(*argv(root, rows, out, shard_size=2)), env=env, check=True, capture_output=True)
+    subprocess.run(_command(*argv(root, rows, out, *extra, shard_size=2)), env=env, check=True, capture_output=True)
     uninterrupted = tmp_path / "uninterrupted"
-    subprocess.run(_command(*argv(root, rows, uninterrupted, shard_size=2)), env=env, check=True, capture_output=True)
+    command = _command(*argv(root, rows, uninterrupted, *extra, shard_size=2))
+    subprocess.run(command, env=env, check=True, capture_output=True)
     assert_same_cache(out, uninterrupted, exact=True)
+
+
+def test_kill_9_then_rerun_gives_the_uninterrupted_cache(tmp_path):
+    kill_rerun_and_compare(tmp_path)

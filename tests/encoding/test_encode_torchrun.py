@@ -16,12 +16,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_torchrun_two_ranks_give_the_single_process_cache(tmp_path):
+def two_ranks_and_one_process(tmp_path, *extra) -> None:
+    """Encode (with `extra` flags) under torchrun with two ranks and in one process; the caches are the same."""
     dataset = folder_dataset(tmp_path / "data", 10, corrupt=True)
     reference, out = tmp_path / "single", tmp_path / "ranks"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(_command(*argv(*dataset, reference)), env=env, check=True, capture_output=True)
+    subprocess.run(_command(*argv(*dataset, reference, *extra)), env=env, check=True, capture_output=True)
     command = [
         sys.executable,
         "-m",
@@ -33,9 +33,14 @@ def test_torchrun_two_ranks_give_the_single_process_cache(tmp_path):
         "-m",
         "pipeline.cli",
         "encode",
-        *argv(*dataset, out),
+        *argv(*dataset, out, *extra),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("10 images, 19 captions, 3 skipped (complete)") == 1  # printed by rank 0 only
     assert_same_cache(out, reference, exact=True)
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_give_the_single_process_cache(tmp_path):
+    two_ranks_and_one_process(tmp_path)
