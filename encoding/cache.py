@@ -63,6 +63,11 @@ class CacheArrays:
     image_splits: np.ndarray | None = None  # (N,) str
     image_pixel_sha1: np.ndarray | None = None  # (N,) str
 
+    def rows_of(self, image_ids) -> tuple[np.ndarray, np.ndarray]:
+        """(n,) cache rows of the images whose id is in `image_ids` and (m,) rows of their captions, in order."""
+        keep_images = np.isin(self.image_ids, np.asarray(list(image_ids), dtype=object))
+        return np.flatnonzero(keep_images), np.flatnonzero(keep_images[self.caption_image_index])
+
     def select(self, image_ids) -> "CacheArrays":
         """The images whose id is in `image_ids` (cache order kept) and all their captions."""
         keep_images = np.isin(self.image_ids, np.asarray(list(image_ids), dtype=object))

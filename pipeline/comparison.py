@@ -76,6 +76,7 @@ COLUMNS = [
     Column("lr", "config", ("training", "learning_rate"), "{:g}"),
     Column("batch", "config", ("training", "batch_size")),
     Column("split", "metrics", ("split",)),
+    Column("rerank K", "metrics", ("rerank_k",)),
     *(_metric(f"{d} R@{k}", d, f"R@{k}") for d in ("i2t", "t2i") for k in (1, 5, 10)),
     _metric("rsum", "rsum"),
     _metric("zero-shot top-1", "zeroshot", "top1"),
@@ -133,12 +134,16 @@ def _load(path: Path) -> dict:
     return data or {}
 
 
-def read_run(run_dir: Path) -> dict | None:
-    """{'run', 'dir', 'config', 'metrics', 'info'} of a run directory, or None without metrics.json."""
-    run_dir = Path(run_dir)
-    if not (run_dir / FILES["metrics"]).is_file():
+def read_run(path: Path) -> dict | None:
+    """{'run', 'dir', 'config', 'metrics', 'info'} of a run directory (None without metrics.json), or of a
+    metrics file of one (e.g. `RUN/metrics-rerank-DUAL.json`: that file's metrics with the run's config)."""
+    path = Path(path)
+    run_dir, metrics = (path.parent, path) if path.is_file() else (path, path / FILES["metrics"])
+    if not metrics.is_file():
         return None
-    return {"run": run_dir.name, "dir": run_dir, **{name: _load(run_dir / file) for name, file in FILES.items()}}
+    name = run_dir.name if metrics.name == FILES["metrics"] else f"{run_dir.name} ({metrics.stem})"
+    files = {**{key: run_dir / file for key, file in FILES.items()}, "metrics": metrics}
+    return {"run": name, "dir": run_dir, **{key: _load(file) for key, file in files.items()}}
 
 
 def value(run: dict, column: Column):

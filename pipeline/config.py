@@ -33,6 +33,11 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class HeadDataConfig(DataConfig):
+    stream: bool | None = None  # token heads: stream tokens from the shards (None: only when they do not fit in memory)
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     """The training loop's settings, the same for head and backbone training."""
 
@@ -57,7 +62,7 @@ class TrainingConfig:
 @dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "experiment"
-    data: DataConfig = field(default_factory=DataConfig)
+    data: HeadDataConfig = field(default_factory=HeadDataConfig)
     model: HeadOptions = field(default_factory=lambda: heads.options_for(HeadOptions.type, {}))
     loss: LossOptions = field(default_factory=lambda: losses.options_for(LossOptions.type, {}))
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -80,9 +85,43 @@ def build_dataclass(cls: type[T], values: dict) -> T:
     return schema.build(cls, schema.fix_exponent_floats(values), resolve_class=resolve_section)
 
 
+def required_loss(values: dict) -> str | None:
+    """The loss the head named in `values["model"]` must train with (`HeadOptions.required_loss`), if any."""
+    model = values.get("model")
+    name = model.get("type") if isinstance(model, dict) else None
+    if not isinstance(name, str) or name not in HEADS.names():
+        return None
+    return schema.options_class(HEADS.get(name)).required_loss
+
+
+def with_required_loss(values: dict) -> dict:
+    """`values` with the head's required loss as `loss.type` when the config leaves the type out."""
+    needed, loss = required_loss(values), values.get("loss")
+    if needed is None or not (loss is None or isinstance(loss, dict) and "type" not in loss):
+        return values
+    return {**values, "loss": {**(loss or {}), "type": needed}}
+
+
+def check_pairing(config: ExperimentConfig) -> ExperimentConfig:
+    """Refuse a head trained with a loss it cannot use, and options that would do nothing for the head."""
+    needed, loss = config.model.required_loss, config.loss.type
+    if needed is not None and loss != needed:
+        raise BadInput(f"config key 'loss.type': head '{config.model.type}' trains with loss '{needed}', not '{loss}'")
+    pair_heads = [name for name in HEADS.names() if schema.options_class(HEADS.get(name)).required_loss == loss]
+    if needed is None and pair_heads:
+        raise BadInput(
+            f"config key 'loss.type': loss '{loss}' trains {', '.join(pair_heads)}, not '{config.model.type}'"
+        )
+    if config.data.stream is not None and not heads.takes_tokens(config.model):
+        raise BadInput(
+            f"config key 'data.stream': streams token inputs; head '{config.model.type}' reads pooled vectors"
+        )
+    return config
+
+
 def from_dict(values: dict) -> ExperimentConfig:
     """Validate a nested dict into an `ExperimentConfig`."""
-    return build_dataclass(ExperimentConfig, values)
+    return check_pairing(build_dataclass(ExperimentConfig, with_required_loss(values)))
 
 
 def foreign_options(values: dict) -> dict[str, list[str]]:

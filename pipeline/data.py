@@ -26,6 +26,8 @@ class SplitTensors:
     captions: np.ndarray  # (M,) str
     image_paths: np.ndarray  # (N,) str
     labels: torch.Tensor | None = None  # (N,) int64
+    cache_dir: Path | None = None  # the cache the split was read from
+    cache_rows: tuple[np.ndarray, np.ndarray] | None = None  # (N,) image and (M,) caption rows in the cache
 
     def to(self, device) -> "SplitTensors":
         moved = {k: getattr(self, k).to(device) for k in ("image", "text", "caption_image_index")}
@@ -81,7 +83,7 @@ class EpochSampler:
         return rows, self.caption_order[self.offsets[rows] + pick]
 
 
-def _tensors(arrays: cache.CacheArrays) -> SplitTensors:
+def _tensors(arrays: cache.CacheArrays, cache_dir: Path, rows: tuple[np.ndarray, np.ndarray]) -> SplitTensors:
     return SplitTensors(
         image=torch.from_numpy(np.ascontiguousarray(arrays.image_embeddings, dtype=np.float32)),
         text=torch.from_numpy(np.ascontiguousarray(arrays.caption_embeddings, dtype=np.float32)),
@@ -90,6 +92,8 @@ def _tensors(arrays: cache.CacheArrays) -> SplitTensors:
         captions=arrays.caption_text,
         image_paths=arrays.image_paths,
         labels=None if arrays.image_labels is None else torch.from_numpy(arrays.image_labels),
+        cache_dir=Path(cache_dir),
+        cache_rows=rows,
     )
 
 
@@ -158,4 +162,10 @@ def load_splits(cache_dir: Path, names: list[str], verify: bool = True) -> dict[
             raise BadInput(f"{Path(cache_dir) / cache.SPLITS}: split '{name}' is empty")
     if wanted:
         check_split_file(cache_dir, splits, arrays, wanted)
-    return {name: _tensors(arrays if name == "all" else arrays.select(splits[name])) for name in names}
+    everything = (np.arange(len(arrays.image_ids)), np.arange(len(arrays.caption_image_ids)))
+    return {
+        name: _tensors(arrays, cache_dir, everything)
+        if name == "all"
+        else _tensors(arrays.select(splits[name]), cache_dir, arrays.rows_of(splits[name]))
+        for name in names
+    }

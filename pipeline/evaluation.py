@@ -2,22 +2,29 @@
 
 A run directory written by `xalign train` holds `best.pt` (loaded without unpickling) and its config;
 `evaluate_run` embeds a split of its cache (or of another cache of the same backbones) through the
-heads in fp32, refusing data the run was not trained on (`pipeline.provenance`); `evaluate_cache`
+heads in fp32 (token heads read the split's tokens; a cross encoder re-ranks the top K of its own
+dual features or of another run's), refusing data the run was not trained on (`pipeline.provenance`); `evaluate_cache`
 scores the raw embeddings of backbones that share one space. Both return metrics with their provenance.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 
 from encoding.errors import BadInput
 from encoding.runtime import resolve_device
 from pipeline import provenance
 from pipeline.config import from_dict, read_yaml_mapping
-from pipeline.data import load_splits
+from pipeline.data import SplitTensors, load_splits
+from pipeline.heads import takes_tokens
 from pipeline.metrics import retrieval_metrics
+from pipeline.rerank import reranked_metrics
+from pipeline.token_data import token_shape, token_source
 from pipeline.training.checkpoint import load_checkpoint, load_weights
 from pipeline.training.heads import build_model_and_loss
+from pipeline.training.tokens import embed_tokens, match_scorer
 from pipeline.zeroshot import ZeroShotOptions, zeroshot_metrics
 
 
@@ -48,6 +55,15 @@ def run_cache(run_dir: Path, config) -> Path:
     raise BadInput(f"{Path(run_dir) / 'config.yaml'}: data.cache {given} not found; pass --cache DIR")
 
 
+@dataclass(frozen=True)
+class Rerank:
+    """`--rerank-with DUAL_RUN --rerank-k K`: a cross-encoder run re-ranks the top K of a dual run (or, with
+    no run given, of its own dual features); `k` None takes the run's `model.rerank_k`."""
+
+    run: Path | None = None
+    k: int | None = None
+
+
 def evaluate_run(
     run_dir: Path,
     split: str = "test",
@@ -58,6 +74,7 @@ def evaluate_run(
     checkpoint: str = "best.pt",
     allow_new_split: bool = False,
     verify: bool = True,
+    rerank: Rerank = Rerank(),
 ) -> dict:
     """Metrics of a run's heads on `split` of its cache (or of `cache_dir`), with their provenance.
 
@@ -72,16 +89,62 @@ def evaluate_run(
         print(f"warning: {run_dir} records no provenance (an older run); its cache and split are not checked")
     else:
         current = provenance.check_evaluation(run_dir, trained, current, cache_dir is not None, allow_new_split)
+    is_cross = config.model.scores_pairs
+    if not is_cross and (rerank.run is not None or rerank.k is not None):
+        raise BadInput(
+            f"--rerank-with/--rerank-k: {run_dir} is a '{config.model.type}' run; re-ranking takes a cross_encoder run"
+        )
+    if zeroshot is not None and takes_tokens(config.model):
+        raise BadInput(f"--zeroshot: {run_dir} is a token-head run; zero-shot classification takes pooled heads")
     target = resolve_device(device)
     data = load_splits(data_dir, [split], verify=verify)[split].to(target)
     model.to(target)
-    if tuple(data.dims) != dims:
-        raise BadInput(f"{data_dir}: embedding dims {tuple(data.dims)} differ from the run's heads {dims}")
-    image, text = model.embed(data.image, data.text, config.training.eval_batch_size)
+    image, text = run_embeddings(config, model, dims, data, target)
+    if is_cross:
+        metrics = {"split": split, **rerank_metrics(run_dir, config, model, data, current, rerank, (image, text), ks)}
+        return {**metrics, "provenance": current}
     metrics = {"split": split, **retrieval_metrics(image, text, data.caption_image_index, ks)}
     if zeroshot is not None:
         metrics["zeroshot"] = zeroshot_metrics(data_dir, data.labels, image, model.encode_text, zeroshot, target)
     return {**metrics, "provenance": current}
+
+
+def run_embeddings(config, model, dims: tuple, data: SplitTensors, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, D) image and (M, D) caption embeddings of a split through a run's heads (pooled or token inputs)."""
+    if not takes_tokens(config.model):
+        if tuple(data.dims) != dims:
+            raise BadInput(f"{data.cache_dir}: embedding dims {tuple(data.dims)} differ from the run's heads {dims}")
+        return model.embed(data.image, data.text, config.training.eval_batch_size)
+    shape = token_shape(data.cache_dir)
+    if (shape.image_dim, shape.text_dim) != dims:
+        raise BadInput(
+            f"{data.cache_dir}: token dims {(shape.image_dim, shape.text_dim)} differ from the run's heads {dims}"
+        )
+    return embed_tokens(model, token_source(data, config.data.stream), data, config.training.eval_batch_size, device)
+
+
+def rerank_metrics(run_dir, config, model, data: SplitTensors, current: dict, rerank: Rerank, own, ks) -> dict:
+    """Metrics of a cross-encoder run re-ranking the top K of `rerank.run` (a dual run of the same cache and
+    split), or of its own dual features `own` when no run is given."""
+    image, text = own
+    k = config.model.rerank_k if rerank.k is None else rerank.k
+    metrics = {}
+    if rerank.run is not None:
+        dual_config, dual_model, dual_dims = load_run(rerank.run)
+        if dual_config.model.scores_pairs:
+            raise BadInput(f"--rerank-with {rerank.run}: a cross_encoder run; give a dual-encoder run to re-rank")
+        dual = provenance.recorded(rerank.run)
+        for key in ("cache_fingerprint", "splits_fingerprint"):
+            if dual is None or dual.get(key) != current.get(key):
+                raise BadInput(
+                    f"--rerank-with {rerank.run}: trained on another cache or split than {run_dir} is evaluated on "
+                    f"({key} {str((dual or {}).get(key))[:12]} vs {str(current.get(key))[:12]}); both runs must "
+                    "share one cache and split"
+                )
+        image, text = run_embeddings(dual_config, dual_model.to(image.device), dual_dims, data, image.device)
+        metrics["rerank_with"] = {"run": str(Path(rerank.run).resolve()), "provenance": dual}
+    scorer = match_scorer(model, token_source(data, config.data.stream), image.device)
+    return {**reranked_metrics(image, text, data.caption_image_index, k, scorer, ks), **metrics}
 
 
 def evaluate_cache(

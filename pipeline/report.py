@@ -9,6 +9,7 @@ parameters, training wall time, inference time per 1,000 text queries, peak memo
 import json
 import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +17,13 @@ import torch
 
 from encoding.runtime import synchronize
 from pipeline.data import SplitTensors
-from pipeline.metrics import retrieval_metrics
 from pipeline.plots import embedding_projection, retrieval_gallery, sample_points, training_curves
+from pipeline.training.loop import TIMED_QUERIES
 
 MAX_POINTS = 1000
 TSNE_POINTS = 500
 GALLERY_QUERIES = 4
 GALLERY_TOP = 5
-TIMED_QUERIES = 1000
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -34,24 +34,18 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 @torch.no_grad()
-def inference_ms_per_1000_queries(encode_queries, raw_text: torch.Tensor, gallery: torch.Tensor, k: int = 10) -> float:
-    """Milliseconds to embed 1,000 raw (M, D_txt) text queries with `encode_queries` and take their top K of
-    the (N, D) image gallery (queries repeat when M < 1,000); the best of three runs after a warm-up."""
-    queries = raw_text[torch.arange(TIMED_QUERIES, device=raw_text.device) % len(raw_text)]
-    k = min(k, len(gallery))
-
-    def search():
-        (encode_queries(queries) @ gallery.T).topk(k, dim=1)
-
+def inference_ms_per_1000_queries(search: Callable[[], object], device: torch.device) -> float:
+    """Milliseconds of `search()` (embedding 1,000 text queries and taking their top K images, see
+    `Trainer.query_search`); the best of three runs after a warm-up."""
     search()
     times = []
     for _ in range(3):
-        synchronize(gallery.device)
+        synchronize(device)
         start = time.perf_counter()
         search()
-        synchronize(gallery.device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
-    return 1000.0 * min(times)
+    return 1000.0 * min(times) * 1000 / TIMED_QUERIES
 
 
 def write_projections(test: SplitTensors, image: torch.Tensor, text: torch.Tensor, out_dir: Path) -> list[str]:
@@ -92,7 +86,7 @@ def report_run(trainer, test: SplitTensors, split_name: str, out_dir: Path, prov
     figures and run_info.json."""
     image, text = trainer.embed(test)
     test = test.to(image.device)
-    metrics = {"split": split_name, **retrieval_metrics(image, text, test.caption_image_index)}
+    metrics = {"split": split_name, **trainer.test_metrics(test, image, text)}
     metrics["provenance"] = provenance
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     training_curves(trainer.history, out_dir / "training_curves.png")
@@ -102,7 +96,7 @@ def report_run(trainer, test: SplitTensors, split_name: str, out_dir: Path, prov
     info = {
         "trainable_parameters": trainer.trainable_parameters(),
         "train_seconds": sum(r["seconds"] for r in trainer.history),
-        "inference_ms_per_1000_queries": inference_ms_per_1000_queries(trainer.encode_queries, test.text, image),
+        "inference_ms_per_1000_queries": inference_ms_per_1000_queries(trainer.query_search(test, image), image.device),
         "inference_gallery_images": len(image),
         "train_images": len(trainer.train.image_paths),
         "train_captions": len(trainer.train.caption_image_index),

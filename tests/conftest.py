@@ -21,10 +21,13 @@ def write_synthetic_cache(
     shard_size: int = 25,
     seed: int = 0,
     labels: bool = True,
+    tokens: tuple[int, int] | None = None,
 ) -> Path:
     """A complete cache whose captions are noisy linear images of their image's embedding.
 
-    Image i has `captions_per_image[i % len(...)]` captions, so counts vary. Returns `cache_dir`.
+    Image i has `captions_per_image[i % len(...)]` captions, so counts vary. `tokens=(T, L)` also
+    stores T image tokens (the embedding plus noise) and up to L caption tokens (likewise, 1..L real
+    ones, zero padding), as `xalign encode --tokens` does. Returns `cache_dir`.
     """
     rng = np.random.default_rng(seed)
     images = rng.normal(size=(num_images, image_dim)).astype(np.float32)
@@ -41,6 +44,7 @@ def write_synthetic_cache(
                 "dtype": "float32",
                 "normalized": False,
                 "weights": "none",
+                **({} if tokens is None else {"token_dim": image_dim, "num_tokens": tokens[0]}),
             },
             "text_model": {
                 "spec": "synthetic:text",
@@ -48,9 +52,11 @@ def write_synthetic_cache(
                 "dtype": "float32",
                 "normalized": False,
                 "weights": "none",
+                **({} if tokens is None else {"token_dim": text_dim, "max_tokens": tokens[1]}),
             },
             "shard_size": shard_size,
             "num_shards": num_shards,
+            **({} if tokens is None else {"tokens": {"image_tokens": None}}),
             "versions": {},
         },
     )
@@ -69,8 +75,24 @@ def write_synthetic_cache(
             image_labels=np.array([i % 5 for i in rows]) if labels else None,
             image_pixel_sha1=[f"sha{i}" for i in rows],
         )
+        if tokens is not None:
+            data.image_tokens, data.caption_tokens, data.caption_token_mask = synthetic_tokens(
+                rng, images[list(rows)], text, *tokens
+            )
         cache.record_shard(cache_dir, cache.write_shard(cache_dir, s, data, dtype="float32"))
     return Path(cache_dir)
+
+
+def synthetic_tokens(rng, images: np.ndarray, text: np.ndarray, num_tokens: int, max_tokens: int):
+    """(n, T, D) image tokens, (m, L, D') caption tokens and (m, L) mask around the pooled vectors; L is
+    this shard's longest caption."""
+    image_tokens = images[:, None, :] + 0.5 * rng.normal(size=(len(images), num_tokens, images.shape[1]))
+    lengths = rng.integers(1, max_tokens + 1, size=len(text))
+    mask = np.arange(lengths.max())[None, :] < lengths[:, None]
+    caption_tokens = (text[:, None, :] + 0.5 * rng.normal(size=(len(text), lengths.max(), text.shape[1]))) * mask[
+        ..., None
+    ]
+    return image_tokens.astype(np.float16), caption_tokens.astype(np.float16), mask
 
 
 @pytest.fixture

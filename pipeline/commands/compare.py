@@ -18,7 +18,9 @@ from pipeline.tables import LATEX, MARKDOWN, csv_text, latex, markdown
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xalign compare", description=__doc__)
-    p.add_argument("runs", nargs="+", type=Path, help="run directories written by `xalign train`")
+    p.add_argument(
+        "runs", nargs="+", type=Path, help="run directories written by `xalign train` (or metrics JSON files in them)"
+    )
     p.add_argument(
         "--group-seeds", action="store_true", help="one row per config across seeds: mean ± std (sample std)"
     )

@@ -25,7 +25,7 @@ from pipeline.config import load_config
 from pipeline.run_lock import LOCK_FILE, run_lock
 from pipeline.runs import clear_run_dir, train_run
 from pipeline.tables import metrics_table
-from pipeline.training.heads import HeadTrainer
+from pipeline.training.tokens import trainer_for
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "heads" / "demo.yaml"
 IMAGE_MODEL = "timm:resnet18"
@@ -66,7 +66,7 @@ def train_demo_run(config, config_path: Path, run_dir: Path):
             clear_run_dir(run_dir)
         (run_dir / MARK).write_text("written by `xalign demo`, which replaces this run when it runs again\n")
         with naming_config(config_path):
-            return train_run(HeadTrainer, config, run_dir)
+            return train_run(trainer_for(config), config, run_dir)
 
 
 def main(argv=None) -> int:

@@ -5,6 +5,8 @@
 of backbones that share an embedding space (image and text dims must be equal; cosine scores).
 `RUN_DIR --cache DIR` evaluates the run's heads on another cache with the same backbones.
 `--zeroshot` adds top-1/top-5 classification from class-name prompts (caches with labels).
+A cross_encoder run re-ranks its own dual top K; `--rerank-with DUAL_RUN [--rerank-k K]` re-ranks the
+top K of another run of the same cache and split instead (→ `RUN_DIR/metrics-rerank-<DUAL>.json`).
 """
 
 import argparse
@@ -12,7 +14,7 @@ import json
 from pathlib import Path
 
 from encoding.errors import BadInput
-from pipeline.evaluation import default_run_output, evaluate_cache, evaluate_run
+from pipeline.evaluation import Rerank, default_run_output, evaluate_cache, evaluate_run
 from pipeline.tables import metrics_table
 from pipeline.zeroshot import ZeroShotOptions
 
@@ -38,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--allow-new-split", action="store_true", help="evaluate a run on a split re-made since training")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip hashing the cache's shards")
+    r = p.add_argument_group("re-ranking (RUN_DIR a cross_encoder run)")
+    r.add_argument("--rerank-with", type=Path, metavar="DUAL_RUN", help="re-rank the top K of this dual-encoder run")
+    r.add_argument("--rerank-k", type=int, metavar="K", help="candidates re-ranked per query (default: model.rerank_k)")
     z = p.add_argument_group("zero-shot classification (caches with image labels)")
     z.add_argument("--zeroshot", action="store_true", help="add top-1/top-5 accuracy from class-name prompts")
     z.add_argument("--classes", type=Path, help="JSON list of class names (default: classes.json in the data root)")
@@ -52,6 +57,8 @@ def main(argv=None) -> int:
         raise BadInput("evaluate: give RUN_DIR, --cache DIR, or both")
     if args.run_dir is None and args.allow_new_split:
         raise BadInput("--allow-new-split: applies to a run (RUN_DIR) trained on an earlier split; none was given")
+    if args.run_dir is None and (args.rerank_with or args.rerank_k is not None):
+        raise BadInput("--rerank-with/--rerank-k: apply to a cross_encoder run (RUN_DIR); none was given")
     ks = parse_ks(args.ks)
     zeroshot = ZeroShotOptions(args.classes, args.templates, args.prompt_cache) if args.zeroshot else None
     if args.run_dir is None:
@@ -59,10 +66,21 @@ def main(argv=None) -> int:
         out = args.out or args.cache / f"metrics-{args.split}.json"
     else:
         metrics = evaluate_run(
-            args.run_dir, args.split, ks, args.cache, args.device, zeroshot, args.checkpoint, args.allow_new_split,
+            args.run_dir,
+            args.split,
+            ks,
+            args.cache,
+            args.device,
+            zeroshot,
+            args.checkpoint,
+            args.allow_new_split,
             args.verify,
+            Rerank(args.rerank_with, args.rerank_k),
         )
-        out = args.out or args.run_dir / default_run_output(args.run_dir, args.split, args.cache)
+        default = default_run_output(args.run_dir, args.split, args.cache)
+        if args.rerank_with is not None:
+            default = default.replace("metrics", f"metrics-rerank-{args.rerank_with.resolve().name}", 1)
+        out = args.out or args.run_dir / default
     Path(out).write_text(json.dumps(metrics, indent=2))
     print(metrics_table(metrics, ks))
     print(f"wrote {out}")

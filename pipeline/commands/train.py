@@ -1,5 +1,8 @@
 """`xalign train CONFIG [--set key=value ...] [--resume]`: train a head pair on a cache.
 
+Pooled heads read the cached embeddings; token heads (`attention_pool`, `token_transformer`,
+`sparse_attention`, `cross_encoder`) read the cache's tokens (`xalign encode --tokens`).
+
 Writes `results/<name>/` under the working directory: config.yaml (fully resolved), best.pt,
 last.pt, history.jsonl, training_curves.png, metrics.json (test split) and run_info.json (cost side:
 trainable parameters, wall time, peak memory). Prints a line per epoch. The run directory is locked
@@ -13,7 +16,7 @@ from pipeline.commands import naming_config, training_parser
 from pipeline.config import load_config
 from pipeline.runs import train_run, writing_run
 from pipeline.tables import metrics_table
-from pipeline.training.heads import HeadTrainer
+from pipeline.training.tokens import trainer_for
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +27,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     config = load_config(args.config, args.overrides)
     with writing_run(config.name, args.resume, args.overwrite) as out_dir, naming_config(args.config):
-        run = train_run(HeadTrainer, config, out_dir, args.resume, args.verify)
+        run = train_run(trainer_for(config), config, out_dir, args.resume, args.verify)
     if run.metrics is None:
         return 0
     result = run.result

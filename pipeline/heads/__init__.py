@@ -10,6 +10,7 @@ take the token dims; see `tokens.py`.
 """
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,8 @@ class HeadOptions:
 
     type: str = "mlp"  # build options through `options_for`, which sets the type
     learnable_temp: bool = True
+    required_loss: ClassVar[str | None] = None  # the loss a head must train with (its default), if any
+    scores_pairs: ClassVar[bool] = False  # scores (image, caption) pairs (a cross encoder) instead of embedding each
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ cross-attention over real tokens. Two parts:
 """
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -34,6 +35,8 @@ from pipeline.heads.tokens import (
 @dataclass(frozen=True)
 class CrossEncoderOptions(TokenHeadOptions):
     rerank_k: int = 16  # dual-encoder candidates per query re-scored by `match` at evaluation
+    required_loss: ClassVar[str | None] = "itm"
+    scores_pairs: ClassVar[bool] = True
 
 
 class MeanPool(nn.Module):

@@ -5,7 +5,8 @@ A mode subclasses `Trainer` and supplies its model and its step:
 - `build()` → (model, loss); `micro_batches_per_epoch()`;
 - `epoch_batches(epoch)` → the epoch's micro-batches; `batch_loss(batch)` → scalar loss of one;
 - `embed(split)` → (N, D) image and (M, D) caption embeddings, fp32, L2-normalised;
-- `encode_queries(text)` → (Q, D) embeddings of raw caption inputs (for inference timing);
+- `encode_queries(text)` → (Q, D) embeddings of raw caption inputs (for inference timing; a mode whose
+  queries are not pooled vectors overrides `query_search`, and one that re-ranks, `test_metrics`);
 - `checkpoint()` → the weights and what rebuilds the model; `load_weights(state, path)`.
 A step accumulates `training.accumulation_steps` micro-batches, clips the gradient norm, steps AdamW
 and the warmup + cosine schedule, then clamps the loss's learnable scale in place. Early stopping
@@ -37,6 +38,7 @@ from pipeline.training.checkpoint import (
 from pipeline.training.distributed import start_distributed
 
 CURVES_INTERVAL_S = 30  # training_curves.png is redrawn at most this often while training
+TIMED_QUERIES = 1000  # text queries of the inference timing in run_info.json
 
 
 DIVERGENCE_KEYS = "training.learning_rate, loss.temperature, training.warmup_steps or training.grad_clip"
@@ -194,8 +196,18 @@ class Trainer:
 
     def evaluate(self, split: SplitTensors) -> dict:
         """Retrieval metrics of `split` (fp32 embeddings)."""
-        image, text = self.embed(split)
+        return self.test_metrics(split, *self.embed(split))
+
+    def test_metrics(self, split: SplitTensors, image: torch.Tensor, text: torch.Tensor) -> dict:
+        """Retrieval metrics of a split's (N, D) image and (M, D) caption embeddings."""
         return retrieval_metrics(image, text, split.caption_image_index.to(image.device))
+
+    def query_search(self, test: SplitTensors, gallery: torch.Tensor, k: int = 10) -> Callable[[], object]:
+        """A closure that embeds 1,000 test captions (repeating when there are fewer) and takes their top K of
+        the (N, D) `gallery`: what `run_info.json`'s inference time measures."""
+        queries = test.text[torch.arange(TIMED_QUERIES) % len(test.text)].to(self.device)
+        k = min(k, len(gallery))
+        return lambda: (self.encode_queries(queries) @ gallery.T).topk(k, dim=1)
 
     def run(self, on_epoch_end: Callable[[int, dict], None] | None = None) -> TrainResult:
         """Train until `num_epochs` or early stopping; `on_epoch_end(epoch, record)` may raise to stop."""

@@ -18,7 +18,7 @@ import optuna
 
 from encoding import cache
 from pipeline.data import load_splits
-from pipeline.training.heads import HeadTrainer
+from pipeline.training.tokens import trainer_for
 from pipeline.tuning.algorithms import METRICS
 from pipeline.tuning.settings import TuneSettings
 
@@ -51,7 +51,7 @@ class Objective:
         splits = load_splits(Path(data.cache), list(dict.fromkeys([self.train_split, data.val_split])))
         self.train, self.val = splits[self.train_split], splits[data.val_split]
         self.splits = (self.train, self.val)
-        HeadTrainer(base, *self.splits)  # torch's one-off lazy initialisation
+        trainer_for(base)(base, *self.splits)  # torch's one-off lazy initialisation
         self.setup_seconds = time.perf_counter() - start
         self.epoch_seconds = 0.0
         self.better = max if settings.direction == "maximize" else min
@@ -71,7 +71,7 @@ class Objective:
             config, applied = self.settings.experiment(self.settings.space.sample(trial))
             trial.set_user_attr("config", config.to_dict())
             trial.set_user_attr("applied_options", ",".join(applied))
-            trainer = HeadTrainer(
+            trainer = trainer_for(config)(
                 replace(config, data=replace(config.data, train_split=self.train_split)), *self.splits
             )
             trainer.log_epochs = False

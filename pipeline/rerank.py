@@ -1,0 +1,93 @@
+"""Re-ranking: a pair scorer (a cross encoder) re-orders each query's top K of a dual encoder's ranking.
+
+For every query, the K gallery items the dual encoder scores highest are scored again by
+`score_pairs(query_rows, gallery_rows)` and take the first K places in the order of those scores
+(stable on ties: the dual order decides); every item beyond the top K keeps its dual score and
+place. Metrics follow `pipeline.metrics` (CLIP_benchmark's definition, ties counted against the
+query): a query's rank is 1 + the number of non-matching gallery items scoring at least as high as
+its best match. Queries are processed `QUERY_BLOCK` at a time, so memory is (block, gallery).
+"""
+
+from collections.abc import Callable
+
+import torch
+
+from encoding.errors import BadInput
+from pipeline.metrics import RSUM_KS, summarise_ranks
+
+QUERY_BLOCK = 256
+PAIR_BATCH = 1024  # pairs per `score_pairs` call
+
+PairScorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (P,) query rows, (P,) gallery rows → (P,)
+
+
+def reranked(scores: torch.Tensor, k: int, score_pairs: PairScorer, query_rows: torch.Tensor) -> torch.Tensor:
+    """(Q, G) dual scores → (Q, G) scores whose top K per row are re-ordered by `score_pairs` and lifted above
+    every other item; the rest are unchanged. `query_rows` (Q,) are the queries' rows passed to `score_pairs`."""
+    k = min(k, scores.shape[1])
+    top = scores.topk(k, dim=1).indices  # (Q, K), best first
+    queries = query_rows[:, None].expand(-1, k).reshape(-1)
+    gallery = top.reshape(-1)
+    pair = (
+        torch.cat(
+            [
+                score_pairs(queries[i : i + PAIR_BATCH], gallery[i : i + PAIR_BATCH])
+                for i in range(0, len(gallery), PAIR_BATCH)
+            ]
+        )
+        .view(-1, k)
+        .to(scores.device)
+    )
+    order = pair.float().argsort(dim=1, descending=True, stable=True)  # (Q, K): positions in `top`, new order
+    place = torch.empty_like(order).scatter_(1, order, torch.arange(k, device=order.device).expand_as(order))
+    lifted = scores.max(dim=1, keepdim=True).values + (k - place).to(scores.dtype)
+    return scores.clone().scatter_(1, top, lifted)
+
+
+def ranks_from_scores(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """(Q,) 1-based ranks: 1 + non-positive items scoring >= the best positive; 0 for a query with no positive."""
+    best = scores.masked_fill(~positive, float("-inf")).max(dim=1, keepdim=True).values
+    ranks = ((scores >= best) & ~positive).sum(dim=1) + 1
+    return torch.where(positive.any(dim=1), ranks, 0)
+
+
+def reranked_metrics(
+    image: torch.Tensor,
+    text: torch.Tensor,
+    caption_image_index: torch.Tensor,
+    k: int,
+    score_pairs: PairScorer,
+    ks=(1, 5, 10),
+) -> dict:
+    """Retrieval metrics (the dict of `retrieval_metrics`) of (N, D) image and (M, D) caption embeddings whose
+    top-K lists are re-ranked by `score_pairs(image_rows, caption_rows) -> (P,)` in both directions."""
+    if k < 1:
+        raise BadInput(f"--rerank-k {k}: expected a positive number of candidates")
+    index = caption_image_index.to(image.device)
+    images, captions = torch.arange(len(image), device=image.device), torch.arange(len(text), device=image.device)
+    image_ranks = torch.cat(
+        [
+            ranks_from_scores(reranked(image[b] @ text.T, k, score_pairs, b), index[None, :] == b[:, None])
+            for b in images.split(QUERY_BLOCK)
+        ]
+    )
+    caption_ranks = torch.cat(
+        [
+            ranks_from_scores(
+                reranked(text[b] @ image.T, k, lambda c, i: score_pairs(i, c), b), images[None, :] == index[b][:, None]
+            )
+            for b in captions.split(QUERY_BLOCK)
+        ]
+    )
+    ks = sorted(set(ks) | set(RSUM_KS))
+    with_captions = image_ranks > 0
+    i2t, t2i = summarise_ranks(image_ranks[with_captions], ks), summarise_ranks(caption_ranks, ks)
+    return {
+        "num_images": len(image),
+        "num_captions": len(text),
+        "i2t": i2t,
+        "t2i": t2i,
+        "rsum": sum(i2t[f"R@{r}"] + t2i[f"R@{r}"] for r in RSUM_KS),
+        "images_without_captions": int((~with_captions).sum().item()),
+        "rerank_k": k,
+    }
