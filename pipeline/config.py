@@ -133,7 +133,7 @@ def foreign_options(values: dict) -> dict[str, list[str]]:
         options = values.get(section)
         if not isinstance(options, dict):
             continue
-        chosen = options.get("type", base.type)
+        chosen = options.get("type", (section == "loss" and required_loss(values)) or base.type)
         taken = set(schema.option_names(registry.get(chosen, key=f"{section}.type")))
         anywhere = {key for name in registry.names() for key in schema.option_names(registry.get(name))}
         unknown = sorted(set(options) - anywhere)

@@ -101,7 +101,8 @@ def evaluate_run(
     model.to(target)
     image, text = run_embeddings(config, model, dims, data, target)
     if is_cross:
-        metrics = {"split": split, **rerank_metrics(run_dir, config, model, data, current, rerank, (image, text), ks)}
+        bound = current if trained is None else trained
+        metrics = {"split": split, **rerank_metrics(run_dir, config, model, data, bound, rerank, (image, text), ks)}
         return {**metrics, "provenance": current}
     metrics = {"split": split, **retrieval_metrics(image, text, data.caption_image_index, ks)}
     if zeroshot is not None:
@@ -123,9 +124,9 @@ def run_embeddings(config, model, dims: tuple, data: SplitTensors, device) -> tu
     return embed_tokens(model, token_source(data, config.data.stream), data, config.training.eval_batch_size, device)
 
 
-def rerank_metrics(run_dir, config, model, data: SplitTensors, current: dict, rerank: Rerank, own, ks) -> dict:
-    """Metrics of a cross-encoder run re-ranking the top K of `rerank.run` (a dual run of the same cache and
-    split), or of its own dual features `own` when no run is given."""
+def rerank_metrics(run_dir, config, model, data: SplitTensors, trained: dict, rerank: Rerank, own, ks) -> dict:
+    """Metrics of a cross-encoder run re-ranking the top K of `rerank.run` (a dual run trained on the cache
+    and split the cross encoder was `trained` on), or of its own dual features `own` when no run is given."""
     image, text = own
     k = config.model.rerank_k if rerank.k is None else rerank.k
     metrics = {}
@@ -135,10 +136,10 @@ def rerank_metrics(run_dir, config, model, data: SplitTensors, current: dict, re
             raise BadInput(f"--rerank-with {rerank.run}: a cross_encoder run; give a dual-encoder run to re-rank")
         dual = provenance.recorded(rerank.run)
         for key in ("cache_fingerprint", "splits_fingerprint"):
-            if dual is None or dual.get(key) != current.get(key):
+            if dual is None or dual.get(key) != trained.get(key):
                 raise BadInput(
-                    f"--rerank-with {rerank.run}: trained on another cache or split than {run_dir} is evaluated on "
-                    f"({key} {str((dual or {}).get(key))[:12]} vs {str(current.get(key))[:12]}); both runs must "
+                    f"--rerank-with {rerank.run}: trained on another cache or split than {run_dir} "
+                    f"({key} {str((dual or {}).get(key))[:12]} vs {str(trained.get(key))[:12]}); both runs must "
                     "share one cache and split"
                 )
         image, text = run_embeddings(dual_config, dual_model.to(image.device), dual_dims, data, image.device)

@@ -2,10 +2,11 @@
 
 For every query, the K gallery items the dual encoder scores highest are scored again by
 `score_pairs(query_rows, gallery_rows)` and take the first K places in the order of those scores
-(stable on ties: the dual order decides); every item beyond the top K keeps its dual score and
-place. Metrics follow `pipeline.metrics` (CLIP_benchmark's definition, ties counted against the
-query): a query's rank is 1 + the number of non-matching gallery items scoring at least as high as
-its best match. Queries are processed `QUERY_BLOCK` at a time, so memory is (block, gallery).
+(equal pair scores stay tied, and ties count against the query as everywhere); every item beyond
+the top K keeps its dual score and place. Which of several items tied exactly at the K-th dual score
+enters the top K is `torch.topk`'s choice. Metrics follow `pipeline.metrics` (CLIP_benchmark's
+definition): a query's rank is 1 + the number of non-matching gallery items scoring at least as high
+as its best match. Queries are processed `QUERY_BLOCK` at a time, so memory is (block, gallery).
 """
 
 from collections.abc import Callable
@@ -38,10 +39,9 @@ def reranked(scores: torch.Tensor, k: int, score_pairs: PairScorer, query_rows: 
         .view(-1, k)
         .to(scores.device)
     )
-    order = pair.float().argsort(dim=1, descending=True, stable=True)  # (Q, K): positions in `top`, new order
-    place = torch.empty_like(order).scatter_(1, order, torch.arange(k, device=order.device).expand_as(order))
-    lifted = scores.max(dim=1, keepdim=True).values + (k - place).to(scores.dtype)
-    return scores.clone().scatter_(1, top, lifted)
+    pair = pair.to(scores.dtype)
+    floor = scores.max(dim=1, keepdim=True).values + 1 - pair.min(dim=1, keepdim=True).values
+    return scores.clone().scatter_(1, top, floor + pair)  # monotone in the pair scores: equal ones stay tied
 
 
 def ranks_from_scores(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:

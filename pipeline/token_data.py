@@ -131,12 +131,18 @@ class ShardTokens:
         return parts, np.concatenate(positions)
 
     def images(self, rows: torch.Tensor) -> torch.Tensor:
-        parts, positions = self._read("images/tokens", self.image_rows[rows.numpy()], self.image_starts)
-        out = np.empty((len(rows), *parts[0].shape[1:]), dtype=np.float16)
-        out[positions] = np.concatenate(parts)
+        out = np.empty((len(rows), self.shape.image_tokens, self.shape.image_dim), dtype=np.float16)
+        if len(rows):
+            parts, positions = self._read("images/tokens", self.image_rows[rows.numpy()], self.image_starts)
+            at = 0
+            for part in parts:  # written into place shard by shard: one copy of the tokens, not three
+                out[positions[at : at + len(part)]] = part
+                at += len(part)
         return torch.from_numpy(out)
 
     def captions(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not len(rows):
+            return torch.zeros(0, 1, self.shape.text_dim, dtype=torch.float16), torch.zeros(0, 1, dtype=torch.bool)
         cache_rows = self.caption_rows[rows.numpy()]
         tokens, positions = self._read("captions/tokens", cache_rows, self.caption_starts)
         masks, _ = self._read("captions/token_mask", cache_rows, self.caption_starts)

@@ -121,7 +121,11 @@ def prefetched(batches: Iterator, depth: int = PREFETCH) -> Iterator:
             yield item
     finally:
         stop.set()
-        thread.join()
+        while thread.is_alive():  # free a producer waiting on a full queue at once
+            try:
+                items.get_nowait()
+            except queue.Empty:
+                thread.join(0.01)
 
 
 def epoch_batches(source, image_rows, caption_rows, batch_size: int, share: slice) -> Iterator[TokenBatch]:

@@ -6,7 +6,8 @@ of backbones that share an embedding space (image and text dims must be equal; c
 `RUN_DIR --cache DIR` evaluates the run's heads on another cache with the same backbones.
 `--zeroshot` adds top-1/top-5 classification from class-name prompts (caches with labels).
 A cross_encoder run re-ranks its own dual top K; `--rerank-with DUAL_RUN [--rerank-k K]` re-ranks the
-top K of another run of the same cache and split instead (→ `RUN_DIR/metrics-rerank-<DUAL>.json`).
+top K of another run of the same cache and split instead (→ `RUN_DIR/metrics-rerank-<DUAL>[-k<K>].json`;
+`--rerank-k K` alone → `metrics-rerank-k<K>.json`).
 """
 
 import argparse
@@ -78,8 +79,10 @@ def main(argv=None) -> int:
             Rerank(args.rerank_with, args.rerank_k),
         )
         default = default_run_output(args.run_dir, args.split, args.cache)
-        if args.rerank_with is not None:
-            default = default.replace("metrics", f"metrics-rerank-{args.rerank_with.resolve().name}", 1)
+        if args.rerank_with is not None or args.rerank_k is not None:
+            dual = "" if args.rerank_with is None else f"-{args.rerank_with.resolve().name}"
+            k = "" if args.rerank_k is None else f"-k{args.rerank_k}"
+            default = default.replace("metrics", f"metrics-rerank{dual}{k}", 1)
         out = args.out or args.run_dir / default
     Path(out).write_text(json.dumps(metrics, indent=2))
     print(metrics_table(metrics, ks))

@@ -67,7 +67,9 @@ class TokenTrainer(HeadTrainer):
             raise BadInput(
                 "config key 'loss.mixup_alpha': latent mixup mixes pooled vectors; token heads do not take it"
             )
-        self.sources: dict[int, object] = {}
+        if loss_options.type == "blip":
+            raise BadInput("config key 'loss.type': 'blip' needs momentum heads; token heads train with the others")
+        self.sources: dict[int, tuple] = {}
         shape = token_shape(self.train.cache_dir)
         self.token_dims = [shape.image_dim, shape.text_dim]
         self.train_tokens = self.tokens_of(self.train)
@@ -83,9 +85,10 @@ class TokenTrainer(HeadTrainer):
 
     def tokens_of(self, split: SplitTensors):
         """The token source of `split`, opened once (in memory or streamed, as `data.stream` says)."""
-        if id(split) not in self.sources:
-            self.sources[id(split)] = (split, token_source(split, self.config.data.stream))
-        return self.sources[id(split)][1]
+        key = id(split.cache_rows[0])  # `SplitTensors.to` keeps the row arrays: a moved split is the same split
+        if key not in self.sources:
+            self.sources[key] = (split.cache_rows, token_source(split, self.config.data.stream))
+        return self.sources[key][1]
 
     def share(self) -> slice:
         part = self.batch_size // self.world
@@ -126,6 +129,10 @@ class CrossEncoderTrainer(TokenTrainer):
     def build(self):
         if self.world > 1:
             raise BadInput("model.type 'cross_encoder' trains in one process; run it without torchrun")
+        if self.config.training.compile:
+            raise BadInput(
+                "config key 'training.compile': cross_encoder calls its match head outside forward; unset it"
+            )
         return super().build()
 
     def wrap(self, model: torch.nn.Module):
@@ -158,14 +165,14 @@ class CrossEncoderTrainer(TokenTrainer):
         source, rerank_k = self.tokens_of(test), min(self.config.model.rerank_k, len(gallery))
         rows = torch.arange(TIMED_QUERIES) % len(test.caption_image_index)
         text, mask = (t.to(self.device) for t in source.captions(rows))
-        images = source.images(torch.arange(len(gallery))).to(self.device).float()
+        images = source.images(torch.arange(len(gallery)))  # float16 on the host; candidates move per batch
 
         def search():
             top = (self.model.encode_text(text.float(), mask) @ gallery.T).topk(rerank_k, dim=1).indices.reshape(-1)
             queries = torch.arange(len(rows), device=self.device).repeat_interleave(rerank_k)
             for part in torch.arange(len(top), device=self.device).split(PAIR_BATCH):
                 q = queries[part]
-                self.model.match(images[top[part]], text[q].float(), mask[q])
+                self.model.match(images[top[part].cpu()].to(self.device).float(), text[q].float(), mask[q])
 
         return search
 

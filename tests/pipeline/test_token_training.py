@@ -129,7 +129,7 @@ def test_cross_encoder_reranks_a_dual_run(token_cache, tmp_path, monkeypatch):
     for dual in ("dual", "pooled"):
         args = ["evaluate", str(results / "cross"), "--rerank-with", str(results / dual), "--rerank-k", "3"]
         assert cli(args) == 0
-        metrics = json.loads((results / "cross" / f"metrics-rerank-{dual}.json").read_text())
+        metrics = json.loads((results / "cross" / f"metrics-rerank-{dual}-k3.json").read_text())
         assert metrics["rerank_k"] == 3 and metrics["rerank_with"]["run"] == str((results / dual).resolve())
         assert metrics["provenance"]["cache_fingerprint"] == metrics["rerank_with"]["provenance"]["cache_fingerprint"]
 
