@@ -10,6 +10,7 @@ study already holds (`algorithms.sampler_seed`), so a rerun draws new parameter 
 replaying the earlier ones.
 """
 
+import datetime
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -63,6 +64,16 @@ def grid_exhausted(sampler: optuna.samplers.BaseSampler, study: optuna.Study) ->
     return isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
 
 
+def fail_orphaned_trials(study: optuna.Study, grace_period: int) -> None:
+    """Fail RUNNING trials that no worker ever started (no `worker` attribute) after `grace_period` seconds:
+    a process killed between creating a trial and its first heartbeat leaves one that no heartbeat check sees."""
+    now = datetime.datetime.now()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        started = trial.datetime_start
+        if "worker" not in trial.user_attrs and started is not None and (now - started).total_seconds() > grace_period:
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+
+
 def run_worker(
     settings: TuneSettings, url: str, n_trials: int, timeout: float | None, worker: int = 0, threads: int | None = None
 ) -> dict:
@@ -97,6 +108,7 @@ def run_worker(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)
+            fail_orphaned_trials(study, settings.grace_period)
             continue
         start, epochs_before = time.perf_counter(), objective.epoch_seconds
         study.optimize(guarded, n_trials=1, callbacks=[writer], catch=(SurplusTrial,))

@@ -175,3 +175,11 @@ def test_config_pairs_heads_with_their_loss_and_data(values, message):
     with pytest.raises(BadInput, match=message):
         from_dict(values)
     assert from_dict({"model": {"type": "cross_encoder"}}).loss.type == "itm"
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "configs" / "attention").glob("*.yaml")))
+def test_every_attention_study_config_is_valid(path):
+    from pipeline.config import load_config
+
+    config = load_config(path)
+    assert config.data.cache == "pretrain_encoded/demo-1500-tokens"
