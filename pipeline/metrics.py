@@ -182,13 +182,17 @@ def retrieval_metrics(image_emb, text_emb, caption_image_index, ks=(1, 5, 10), d
     Runs on `device` (default: where image_emb is).
     """
     image, text, index = _checked_inputs(image_emb, text_emb, caption_image_index, device)
+    return metrics_from_ranks(*ranks_both_ways(image, text, index), ks)
+
+
+def metrics_from_ranks(image_ranks: torch.Tensor, caption_ranks: torch.Tensor, ks=(1, 5, 10)) -> dict:
+    """The metrics dict of (N,) i2t ranks (0 for an image without captions) and (M,) t2i ranks, 1-based."""
     ks = sorted(set(ks) | set(RSUM_KS))
-    image_ranks, caption_ranks = ranks_both_ways(image, text, index)
     with_captions = image_ranks > 0
     i2t, t2i = summarise_ranks(image_ranks[with_captions], ks), summarise_ranks(caption_ranks, ks)
     return {
-        "num_images": len(image),
-        "num_captions": len(text),
+        "num_images": len(image_ranks),
+        "num_captions": len(caption_ranks),
         "i2t": i2t,
         "t2i": t2i,
         "rsum": sum(i2t[f"R@{k}"] + t2i[f"R@{k}"] for k in RSUM_KS),

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 
 from encoding.errors import BadInput
-from pipeline.metrics import RSUM_KS, summarise_ranks
+from pipeline.metrics import metrics_from_ranks
 
 QUERY_BLOCK = 256
 PAIR_BATCH = 1024  # pairs per `score_pairs` call
@@ -79,15 +79,7 @@ def reranked_metrics(
             for b in captions.split(QUERY_BLOCK)
         ]
     )
-    ks = sorted(set(ks) | set(RSUM_KS))
-    with_captions = image_ranks > 0
-    i2t, t2i = summarise_ranks(image_ranks[with_captions], ks), summarise_ranks(caption_ranks, ks)
     return {
-        "num_images": len(image),
-        "num_captions": len(text),
-        "i2t": i2t,
-        "t2i": t2i,
-        "rsum": sum(i2t[f"R@{r}"] + t2i[f"R@{r}"] for r in RSUM_KS),
-        "images_without_captions": int((~with_captions).sum().item()),
+        **metrics_from_ranks(image_ranks, caption_ranks, ks),
         "rerank_k": k,
     }
