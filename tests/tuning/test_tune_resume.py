@@ -46,7 +46,9 @@ def _wait_mid_trial(process: subprocess.Popen, cwd: Path, timeout: float = 90) -
 
 
 def test_kill_mid_trial_and_resume(synthetic_cache, tmp_path):
-    config = write_optuna_config(tmp_path / "tune.yaml", synthetic_cache, training={"num_epochs": 25, "patience": 100})
+    config = write_optuna_config(
+        tmp_path / "tune.yaml", synthetic_cache, training={"num_epochs": 200, "patience": 1000}
+    )
     first = _tune(config, tmp_path)
     _wait_mid_trial(first, tmp_path)
     os.killpg(first.pid, signal.SIGKILL)
