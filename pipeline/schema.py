@@ -134,6 +134,14 @@ def check_run_name(name: str, key: str = "name") -> str:
     return name
 
 
+def optional_section(hint) -> type | None:
+    """The dataclass of a `Section | None` hint (a section a config may leave out), else None."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        sections = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]
+        return sections[0] if sections else None
+    return None
+
+
 def build(cls, values, prefix: str = "", resolve_class: Callable | None = None):
     """`cls` (a frozen dataclass, nested ones included) from a mapping, type- and range-checked."""
     if not isinstance(values, dict):
@@ -150,6 +158,8 @@ def build(cls, values, prefix: str = "", resolve_class: Callable | None = None):
         key, hint = prefix + name, hints[name]
         if dataclasses.is_dataclass(hint):
             kwargs[name] = build(hint, {} if value is None else value, key + ".", resolve_class)
+        elif optional_section(hint) is not None and value is not None:
+            kwargs[name] = build(optional_section(hint), value, key + ".", resolve_class)
         else:
             kwargs[name] = check_type(value, hint, key)
             check_value(name, kwargs[name], key)

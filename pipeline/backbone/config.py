@@ -2,12 +2,13 @@
 `loss` and `training` sections as `xalign train`).
 
 Sections: `name`, `data` (the cache, plus loader workers), `model` (the image encoder architecture),
-`augment`, `loss`, `training`. The caption side is frozen: its embeddings and dimension come from
-the cache. Unknown keys, wrong types, out-of-range values and unknown library/pooling/loss names
-raise `BadInput` naming the key.
+`augment`, `loss`, `training`. The caption side is the cache's frozen embeddings, or with `model.text`
+a text tower trained too (two-tower mode) on the cache's caption texts. Unknown keys, wrong types,
+out-of-range values and unknown library/pooling/loss names raise `BadInput` naming the key.
 """
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 
 from encoding.backbones.image_encoder import POOLINGS, TRUNKS
@@ -26,6 +27,26 @@ class BackboneDataConfig(DataConfig):
 
 
 @dataclass(frozen=True)
+class TextTowerConfig:
+    """`model.text`: the text tower trained with the image encoder (`encoding.backbones.text_encoder`)."""
+
+    library: str = "scratch"  # scratch (CLIP text transformer), hf (AutoModel) or open_clip (a model's text tower)
+    arch: str = "clip"  # scratch: clip; hf: a local dir, hub name or (random init) model type; open_clip: ARCH[@TAG]
+    tokenizer: str | None = None  # hf: a local dir or hub name to take the tokenizer from (default: arch)
+    pretrained: bool | None = None  # hf: load the arch's weights (default) or random init from its config
+    trainable: str = "all"  # all, none (locked) or last_N (the last N layers, then the projection)
+    attention: str = "self"  # self, or sparse (an hf Longformer)
+    pooling: str | None = None  # scratch/open_clip: eos; hf: cls (default) or mean
+    max_length: int = 77  # tokens per caption (longer captions are truncated)
+    options: dict = field(default_factory=dict)  # scratch: width, heads, layers; hf random init: config keys
+    checkpointing: bool = False  # activation checkpointing in the tower (memory for time)
+
+    def tower(self) -> dict:
+        """The keys that describe the tower (`resolve_text_architecture`'s input), not how it trains."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("trainable", "checkpointing")}
+
+
+@dataclass(frozen=True)
 class BackboneModelConfig:
     library: str = "timm"  # timm or torchvision
     arch: str = "vit_tiny_patch16_224"
@@ -41,6 +62,9 @@ class BackboneModelConfig:
     mean: list = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list = field(default_factory=lambda: list(IMAGENET_STD))
     learnable_temp: bool = True  # the loss learns its temperature (as model.learnable_temp in head configs)
+    trainable: str = "all"  # all, none (the trunk locked, as LiT's image tower) or last_N (the trunk's last N blocks)
+    output_dim: int | None = None  # the shared embedding width (default: the cache's caption dim, 512 with model.text)
+    text: TextTowerConfig | None = None  # a text tower to train too; None: the cache's frozen caption embeddings
 
 
 @dataclass(frozen=True)
@@ -65,8 +89,19 @@ class BackboneConfig:
 
     def architecture(self, output_dim: int) -> dict:
         """What `encoding.backbones.image_encoder.build_image_encoder` needs to rebuild the encoder."""
-        model = {k: v for k, v in dataclasses.asdict(self.model).items() if k != "learnable_temp"}
+        model = {k: v for k, v in dataclasses.asdict(self.model).items() if k not in TRAINING_ONLY}
         return {**model, "output_dim": output_dim}
+
+
+TRAINING_ONLY = ("learnable_temp", "trainable", "output_dim", "text")  # model keys no encoder rebuild needs
+TRAINABLE = re.compile(r"all|none|last_[1-9][0-9]*")
+
+
+def trainable_layers(value: str, key: str) -> int | None:
+    """`all` → None (everything trains), `none` → 0, `last_N` → N; BadInput naming `key` otherwise."""
+    if not TRAINABLE.fullmatch(value):
+        raise BadInput(f"config key '{key}': expected all, none or last_N (e.g. last_2), got {value!r}")
+    return None if value == "all" else 0 if value == "none" else int(value.split("_")[1])
 
 
 def _check_model(config: BackboneConfig) -> None:
@@ -79,6 +114,13 @@ def _check_model(config: BackboneConfig) -> None:
             raise BadInput(f"config key '{key}': expected three numbers (R, G, B), got {values!r}")
     if not all(v > 0 for v in m.std):
         raise BadInput(f"config key 'model.std': expected three positive numbers, got {m.std!r}")
+    trainable_layers(m.trainable, "model.trainable")
+    if m.text is not None:
+        trainable_layers(m.text.trainable, "model.text.trainable")
+        if m.text.max_length < 2:
+            raise BadInput(f"config key 'model.text.max_length': expected at least 2, got {m.text.max_length}")
+    if m.output_dim is not None and m.output_dim < 1:
+        raise BadInput(f"config key 'model.output_dim': expected a positive int, got {m.output_dim}")
     if config.training.batch_size < 2:
         raise BadInput("config key 'training.batch_size': a contrastive batch needs at least 2 images")
 

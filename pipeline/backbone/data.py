@@ -1,4 +1,5 @@
-"""Images of a cache split, decoded by DataLoader workers, with the split's frozen caption embeddings.
+"""Images of a cache split, decoded by DataLoader workers, with the split's frozen caption embeddings or, in
+two-tower mode, its caption texts tokenised in the same workers (`PairImages`, `TokenizingCollate`).
 
 Augmentation draws from a random stream seeded by (seed, epoch, image row), so an epoch's pixels are
 the same whatever the number of workers, and a resumed run sees exactly what an uninterrupted one would.
@@ -61,4 +62,58 @@ def image_loader(dataset: SplitImages, order, batch_size: int, num_workers: int,
         num_workers=num_workers,
         drop_last=drop_last,
         pin_memory=pin,
+    )
+
+
+class PairImages(Dataset):
+    """Item (image row, caption row) → (row, (3, H, W) pixels, caption text): two-tower training pairs."""
+
+    def __init__(self, images: SplitImages, captions):
+        self.images, self.captions = images, list(captions)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, pair):
+        row, pixels = self.images[pair[0]]
+        return row, pixels, self.captions[pair[1]]
+
+
+class Captions(Dataset):
+    """Item i → caption text i (validation and query embedding)."""
+
+    def __init__(self, captions):
+        self.captions = list(captions)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, index: int) -> str:
+        return self.captions[index]
+
+
+class TokenizingCollate:
+    """Batches tokenised inside the loader workers: (row, pixels, text) items → (rows (B,), pixels (B, 3, H, W),
+    ids (B, L), mask (B, L)); text-only items → (ids, mask)."""
+
+    def __init__(self, tokenize):
+        self.tokenize = tokenize
+
+    def __call__(self, items):
+        if isinstance(items[0], str):
+            return self.tokenize(items)
+        rows, pixels, texts = zip(*items)
+        return (torch.tensor(rows), torch.stack(pixels), *self.tokenize(list(texts)))
+
+
+def pair_loader(dataset, order, batch_size: int, num_workers: int, drop_last: bool, pin: bool, tokenize):
+    """Batches of `dataset` items in `order` (pairs or caption indices), tokenised in the workers."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=list(order),
+        num_workers=num_workers,
+        drop_last=drop_last,
+        pin_memory=pin,
+        collate_fn=TokenizingCollate(tokenize),
     )

@@ -16,10 +16,19 @@ from encoding.backbones.image_encoder import CHECKPOINT_FORMAT, ImageEncoder, ev
 from encoding.errors import BadInput
 from encoding.runtime import autocast
 from pipeline import losses
+from pipeline.backbone.config import trainable_layers
 from pipeline.backbone.data import SplitImages, image_loader, train_transform
+from pipeline.backbone.freezing import lock, trunk_blocks
 from pipeline.data import EpochSampler, SplitTensors
 from pipeline.training.checkpoint import load_weights
 from pipeline.training.loop import Trainer
+
+
+def lock_trunk(encoder: ImageEncoder, trainable: str) -> list[torch.nn.Module]:
+    """Lock the encoder's trunk as `model.trainable` says; the modules to keep in eval mode."""
+    layers = trainable_layers(trainable, "model.trainable")
+    blocks, inputs = trunk_blocks(encoder.trunk) if layers else ([], [])
+    return lock(encoder.trunk, blocks, inputs, layers, "model.trainable")
 
 
 class BackboneTrainer(Trainer):
@@ -29,14 +38,30 @@ class BackboneTrainer(Trainer):
         if self.world > 1:
             raise BadInput("backbone-train runs in one process; start it without torchrun")
         config, t = self.config, self.config.training
-        self.architecture = config.architecture(output_dim=self.train.dims[1])
-        encoder = ImageEncoder(**self.architecture).to(self.device)
-        loss = losses.build_from(config.loss, config.model.learnable_temp)
         self.train_images = SplitImages(self.train.image_paths, train_transform(config.model, config.augment), t.seed)
         self.sampler = EpochSampler(
             self.train.caption_image_index, len(self.train.image_paths), t.epoch_sampling, t.seed, "cpu"
         )
-        return encoder, loss
+        return self.build_model().to(self.device), losses.build_from(config.loss, config.model.learnable_temp)
+
+    def build_model(self) -> torch.nn.Module:
+        """The image encoder, projecting into the cache's caption space (its trunk locked per model.trainable)."""
+        m, text_dim = self.config.model, self.train.dims[1]
+        if m.output_dim is not None and m.output_dim != text_dim:
+            raise BadInput(
+                f"config key 'model.output_dim': {m.output_dim}, but the frozen caption embeddings of "
+                f"{self.config.data.cache} are {text_dim}-d; leave it out (or train a text tower: model.text)"
+            )
+        self.architecture = self.config.architecture(output_dim=text_dim)
+        encoder = ImageEncoder(**self.architecture)
+        self.locked = lock_trunk(encoder, m.trainable)
+        return encoder
+
+    def train_mode(self) -> None:
+        """Training mode, with the locked modules kept in eval mode."""
+        super().train_mode()
+        for module in self.locked:
+            module.eval()
 
     def micro_batches_per_epoch(self) -> int:
         return max(1, len(self.sampler) // self.config.training.batch_size)
@@ -47,11 +72,16 @@ class BackboneTrainer(Trainer):
         )
 
     def epoch_batches(self, epoch: int) -> Iterator:
-        """Micro-batches of ((B, 3, H, W) pixels, (B, D_txt) caption embeddings, (B,) image rows)."""
+        """The epoch's micro-batches (`pair_batches` of the sampler's order)."""
         batch = self.config.training.batch_size
         rows, captions = self.sampler.order(epoch)
         self.train_images.epoch = epoch
-        for index, (image_rows, pixels) in enumerate(self.loader(self.train_images, rows, batch, len(rows) >= batch)):
+        return self.pair_batches(rows, captions, batch, len(rows) >= batch)
+
+    def pair_batches(self, rows, captions, batch: int, drop_last: bool) -> Iterator:
+        """Micro-batches of ((B, 3, H, W) pixels, (B, D_txt) caption embeddings, (B,) image rows) of the
+        (image row, caption row) pairs `zip(rows, captions)`, images decoded in the loader workers."""
+        for index, (image_rows, pixels) in enumerate(self.loader(self.train_images, rows, batch, drop_last)):
             yield pixels, self.train.text[captions[index * batch : index * batch + len(image_rows)]], image_rows
 
     def batch_loss(self, batch) -> torch.Tensor:
@@ -69,10 +99,14 @@ class BackboneTrainer(Trainer):
         m = self.config.model
         images = SplitImages(paths, eval_transform(m.image_size, m.mean, m.std))
         parts = [
-            F.normalize(self.model(pixels.to(self.device)).float(), dim=-1)
+            F.normalize(self.image_encoder(pixels.to(self.device)).float(), dim=-1)
             for _, pixels in self.loader(images, range(len(images)), self.config.training.eval_batch_size, False)
         ]
         return torch.cat(parts)
+
+    @property
+    def image_encoder(self) -> torch.nn.Module:
+        return self.model
 
     def embed(self, split: SplitTensors) -> tuple[torch.Tensor, torch.Tensor]:
         return self.embed_images(split.image_paths), self.encode_queries(split.text)

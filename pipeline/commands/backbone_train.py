@@ -1,8 +1,9 @@
 """`xalign backbone-train CONFIG [--set key=value ...] [--resume] [--overwrite] [--bench]`: train an image
-encoder end to end.
+encoder end to end, and with `model.text` a text tower too (two-tower mode).
 
-The caption side is frozen: its embeddings come from the cache `data.cache` (made by `xalign encode`),
-whose `splits.json` decides which images train, validate and test. Writes `results/<name>/` under the
+The cache `data.cache` (made by `xalign encode`) gives the images, the caption texts and their frozen
+embeddings (the caption side when there is no `model.text`); its `splits.json` decides which images
+train, validate and test. Writes `results/<name>/` under the
 working directory, as `xalign train` does: config.yaml, best.pt (the encoder: `xalign encode
 --image-model results/<name>/best.pt`), last.pt (for `--resume`), history.jsonl, training_curves.png,
 metrics.json (test split, best checkpoint), figures and run_info.json. `--bench` prints
@@ -16,7 +17,7 @@ from pathlib import Path
 from encoding.errors import BadInput
 from pipeline.backbone.bench import bench_training_step
 from pipeline.backbone.config import from_dict
-from pipeline.backbone.trainer import BackboneTrainer
+from pipeline.backbone.two_tower import trainer_class
 from pipeline.commands import naming_config, training_parser
 from pipeline.config import load_config
 from pipeline.data import load_splits
@@ -39,16 +40,17 @@ def main(argv=None) -> int:
             raise BadInput("--bench-steps must be >= 1")
         d = config.data
         splits = load_splits(Path(d.cache), list(dict.fromkeys([d.train_split, d.val_split])), args.verify)
-        trainer = BackboneTrainer(config, splits[d.train_split], splits[d.val_split])
+        trainer = trainer_class(config)(config, splits[d.train_split], splits[d.val_split])
         print(json.dumps(bench_training_step(trainer, args.bench_steps)))
         return 0
     with writing_run(config.name, args.resume, args.overwrite) as out_dir, naming_config(args.config):
-        run = train_run(BackboneTrainer, config, out_dir, args.resume, args.verify)
+        run = train_run(trainer_class(config), config, out_dir, args.resume, args.verify)
     result = run.result
     print(
         f"{config.name}: best val rsum {result.best_rsum:.1f} at epoch {result.best_epoch + 1} "
         f"({result.epochs_run} epochs)"
     )
     print(metrics_table(run.metrics, with_chance=True))
-    print(f"wrote {out_dir}; encode with it: xalign encode --image-model {out_dir / 'best.pt'} ...")
+    text = f" --text-model {out_dir / 'best.pt'}" if config.model.text is not None else ""
+    print(f"wrote {out_dir}; encode with it: xalign encode --image-model {out_dir / 'best.pt'}{text} ...")
     return 0

@@ -5,8 +5,9 @@ A resumable Optuna sweep over experiment configs. The study lives in `results/op
 or `kill -9` continues until the study holds `n_trials` finished (complete or pruned) trials, and a
 trial the dead process left RUNNING is failed by its heartbeat and retried. `--workers N` runs N
 processes on the study; more machines can join with the same `--storage`. `--set` overrides the base
-experiment config (e.g. `data.cache=...`). Writes `results/optuna/<study>/`: best_config.yaml (run it
-with `xalign train`), trials.csv, optimization_history.png, param_importances.png, summary.json.
+experiment config (e.g. `data.cache=...`), a head config or a backbone config. Writes
+`results/optuna/<study>/`: best_config.yaml (run it with `xalign train`, or `xalign backbone-train` for
+a backbone base config), trials.csv, optimization_history.png, param_importances.png, summary.json.
 """
 
 import argparse
@@ -37,11 +38,11 @@ def main(argv=None) -> int:
     if n_trials < 1 or args.workers < 1 or timeout is not None and timeout <= 0:
         raise BadInput("--n-trials and --workers must be at least 1, --timeout positive")
     summary = run_sweep(settings, args.storage or default_url(settings.study_name), n_trials, timeout, args.workers)
-    report(summary)
+    report(summary, "backbone-train" if settings.backbone else "train")
     return 0
 
 
-def report(summary: dict) -> None:
+def report(summary: dict, command: str = "train") -> None:
     print(
         f"{summary['complete']} complete, {summary['pruned']} pruned, {summary['fail']} failed "
         f"({summary['n_trials']} wanted) in {summary['wall_seconds']:.1f}s"
@@ -57,7 +58,7 @@ def report(summary: dict) -> None:
         print(f"best trial {summary['best_trial']}: {summary['metric']} {summary['best_value']:.2f}")
         for name, value in summary["best_params"].items():
             print(f"  {name} = {value}")
-        print(f"train it: xalign train {summary['best_config']}")
+        print(f"train it: xalign {command} {summary['best_config']}")
     for name, reason in summary["plots_skipped"].items():
         print(f"skipped {name}: {reason}")
     print(f"wrote {summary['summary_path'].parent}")

@@ -2,8 +2,8 @@
 
 Multihead attention pooling (Zhai et al., 2023, "Sigmoid Loss for Language Image Pre-Training";
 big_vision `MAPHead`: probe → MultiheadAttention over the tokens → x + MLP(LayerNorm(x))). Tokens
-(B, T, D_in) are projected to `hidden_dim`, given sinusoidal positions and a LayerNorm (the norm
-a ViT applies before its MAP head). `num_queries` learned queries (B, Q, W) then pass `num_layers`
+(B, T, D_in) are LayerNorm'd, projected to `hidden_dim`, given sinusoidal positions and a LayerNorm
+(the norm a ViT applies before its MAP head). `num_queries` learned queries (B, Q, W) then pass `num_layers`
 pre-norm blocks, q + Attn(LN(q), tokens) then q + MLP(LN(q)) (MLP width 4·W); with the defaults
 (one query, one block) this is the MAP head. The Q outputs are averaged (so Q only adds capacity,
 never changes the output width), then LayerNorm → Linear to `output_dim`. Padded caption tokens are

@@ -6,7 +6,7 @@ cross-attention over real tokens. Two parts:
   and `encode_text(tokens (B, L, D_txt), mask (B, L))` mean-pool the real tokens, then LayerNorm →
   Linear to `output_dim`, L2-normalised (trained by the `itm` loss's contrastive term);
 - `match(image_tokens (P, T, D_img), text_tokens (P, L, D_txt), text_mask (P, L))` → (P,) logits,
-  one per image-caption pair: both sides are projected to `hidden_dim` with sinusoidal positions
+  one per image-caption pair: both sides are LayerNorm'd and projected to `hidden_dim` with sinusoidal positions
   (image tokens then LayerNorm'd); the caption tokens pass `num_layers` pre-norm fusion layers,
   [masked self-attention → cross-attention to the image tokens → MLP], as ALBEF's fusion encoder;
   the real caption tokens are mean-pooled (masked mean, no CLS token), LayerNorm → Linear → logit.

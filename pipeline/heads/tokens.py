@@ -57,14 +57,20 @@ def sinusoidal_positions(length: int, dim: int, device=None) -> torch.Tensor:
 
 
 class TokenEmbedding(nn.Module):
-    """(B, T, D_in) → (B, T, W): a linear projection to width W plus sinusoidal positions."""
+    """(B, T, D_in) → (B, T, W): LayerNorm, a linear projection to width W, plus sinusoidal positions.
+
+    The LayerNorm puts every backbone's tokens on one scale before the positions are added: cached
+    tokens come at any scale (a random-init CNN's cells have norms near 3 over 512 channels), and
+    positions of unit amplitude would otherwise drown them, so every item starts out looking alike.
+    """
 
     def __init__(self, input_dim: int, width: int):
         super().__init__()
+        self.norm = nn.LayerNorm(input_dim)
         self.project = nn.Linear(input_dim, width)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        hidden = self.project(tokens)
+        hidden = self.project(self.norm(tokens))
         return hidden + sinusoidal_positions(hidden.shape[1], hidden.shape[2], hidden.device).to(hidden.dtype)
 
 

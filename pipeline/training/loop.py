@@ -151,6 +151,10 @@ class Trainer:
         """Training progress in epochs (optimizer steps taken / steps per epoch)."""
         return self.scheduler.last_epoch / self.steps_per_epoch
 
+    def train_mode(self) -> None:
+        """Model and loss in training mode (a mode with locked modules keeps those in eval mode)."""
+        self.model.train(), self.loss.train()
+
     def optimizer_step(self) -> None:
         """Clip, step AdamW and the schedule, clear the gradients, clamp the loss's scale in place."""
         if self.config.training.grad_clip > 0:
@@ -173,7 +177,7 @@ class Trainer:
     def train_epoch(self, epoch: int, max_batches: int | None = None) -> float:
         """Mean micro-batch loss of one epoch (or of its first `max_batches` micro-batches)."""
         accumulate = self.config.training.accumulation_steps
-        self.model.train(), self.loss.train()
+        self.train_mode()
         count = self.micro_batches if max_batches is None else min(max_batches, self.micro_batches)
         batches = islice(self.epoch_batches(epoch), count)
         total = torch.zeros((), device=self.device)

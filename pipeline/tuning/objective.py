@@ -1,4 +1,5 @@
-"""The sweep objective: one trial trains the sampled head pair on the tuning split and scores it on val.
+"""The sweep objective: one trial trains the sampled head pair (or backbone) on the tuning split and scores
+it on val.
 
 The cache splits are loaded once, when the objective is built (once per worker process). Every epoch
 reports the metric to the trial and asks the pruner. Any error while building or training the trial's
@@ -18,7 +19,6 @@ import optuna
 
 from encoding import cache
 from pipeline.data import load_splits
-from pipeline.training.tokens import trainer_for
 from pipeline.tuning.algorithms import METRICS
 from pipeline.tuning.settings import TuneSettings
 
@@ -51,7 +51,7 @@ class Objective:
         splits = load_splits(Path(data.cache), list(dict.fromkeys([self.train_split, data.val_split])))
         self.train, self.val = splits[self.train_split], splits[data.val_split]
         self.splits = (self.train, self.val)
-        trainer_for(base)(base, *self.splits)  # torch's one-off lazy initialisation
+        settings.trainer(base)(base, *self.splits)  # torch's one-off lazy initialisation
         self.setup_seconds = time.perf_counter() - start
         self.epoch_seconds = 0.0
         self.better = max if settings.direction == "maximize" else min
@@ -71,7 +71,7 @@ class Objective:
             config, applied = self.settings.experiment(self.settings.space.sample(trial))
             trial.set_user_attr("config", config.to_dict())
             trial.set_user_attr("applied_options", ",".join(applied))
-            trainer = trainer_for(config)(
+            trainer = self.settings.trainer(config)(
                 replace(config, data=replace(config.data, train_split=self.train_split)), *self.splits
             )
             trainer.log_epochs = False

@@ -7,6 +7,8 @@ Keys: `study_name`, `direction` (maximize|minimize), `metric` (rsum, R@1, i2t_R@
 experiment config schema, so a typo fails here with the key named, not hours into a sweep. The base
 config may hold `model`/`loss` keys of several heads and losses: each trial applies only the keys of
 the head and loss it samples (`TuneSettings.experiment`), every other key takes that head's default.
+The base config may also be a backbone config (`xalign backbone-train`: an `augment` section, or a
+`model` with `library`/`arch`/`text` and no `type`); its trials train backbones, one or two towers.
 """
 
 import copy
@@ -14,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from encoding.errors import BadInput
+from pipeline.backbone import config as backbone_config
+from pipeline.backbone.two_tower import trainer_class
 from pipeline.config import (
     ExperimentConfig,
     apply_overrides,
@@ -24,6 +28,7 @@ from pipeline.config import (
 from pipeline.heads import HEADS, HeadOptions
 from pipeline.losses import LOSSES, LossOptions
 from pipeline.schema import option_names
+from pipeline.training.tokens import trainer_for
 from pipeline.tuning.algorithms import METRICS, PRUNERS, SAMPLERS, build_pruner, build_sampler, normalise_choice
 from pipeline.tuning.space import SearchSpace, parse_space
 
@@ -64,15 +69,42 @@ class TuneSettings:
     space: SearchSpace
     source: str = "<dict>"
 
+    @property
+    def backbone(self) -> bool:
+        """Whether the base config is a backbone config (trials run `xalign backbone-train`'s trainers)."""
+        return is_backbone_config(self.base)
+
+    def trainer(self, config) -> type:
+        """The trainer class of a trial's config."""
+        return trainer_class(config) if self.backbone else trainer_for(config)
+
     def experiment(self, values: dict) -> tuple[ExperimentConfig, list[str]]:
         """The base config with `values` (config key → value) set, validated, keeping only the `model`/`loss`
-        keys the chosen head and loss take; also the dotted keys that were applied."""
+        keys the chosen head and loss take; also the dotted keys that were applied (none for backbones)."""
         config = with_values(self.base, values)
+        if self.backbone:
+            return backbone_config.from_dict(config), []
         kept, _ = without_foreign_options(config)
         applied = [
             f"{section}.{key}" for section in ("model", "loss") for key in kept.get(section, {}) if key != "type"
         ]
         return from_dict(kept), sorted(applied)
+
+
+def is_backbone_config(values: dict) -> bool:
+    """A backbone config has an `augment` section, or a `model` naming a library/arch/text tower but no head type."""
+    model = values.get("model")
+    named = isinstance(model, dict) and "type" not in model and bool({"library", "arch", "text"} & set(model))
+    return "augment" in values or named
+
+
+def validate(values: dict) -> None:
+    """BadInput unless `values` is a valid experiment config: a backbone config, or a head config whose
+    `model`/`loss` keys of other heads and losses are dropped first."""
+    if is_backbone_config(values):
+        backbone_config.from_dict(values)
+    else:
+        from_dict(without_foreign_options(values)[0])
 
 
 def with_values(base: dict, values: dict) -> dict:
@@ -166,7 +198,7 @@ def _base_config(raw, base_dir: Path, overrides: list[str]) -> dict:
         raise BadInput(f"base_config: expected a mapping or a path to an experiment YAML, got {raw!r}")
     base = apply_overrides(raw, overrides)
     try:
-        from_dict(without_foreign_options(base)[0])
+        validate(base)
     except BadInput as err:
         raise BadInput(f"base_config: {err}") from err
     return base
@@ -174,11 +206,13 @@ def _base_config(raw, base_dir: Path, overrides: list[str]) -> dict:
 
 def _check_value(base: dict, key: str, value) -> None:
     """BadInput unless `key` = `value` is valid for some head/loss that takes the key (the base's own when it does)."""
-    if key.count(".") != 1:
+    backbone = is_backbone_config(base)
+    if key.count(".") != 1 and not (backbone and key.startswith("model.text.")):
         raise BadInput(f"'{key}' is not a config key; use section.key, e.g. training.learning_rate")
-    section, leaf = key.split(".")
+    section, leaf = key.split(".", 1)
     values = with_values(base, {key: value})
-    registry = {"model": HEADS, "loss": LOSSES}.get(section)
+    registry = {"loss": LOSSES} if backbone else {"model": HEADS, "loss": LOSSES}
+    registry = registry.get(section)
     if registry is not None and leaf != "type":
         chosen = values[section].get("type", (HeadOptions if section == "model" else LossOptions).type)
         if leaf not in option_names(registry.get(chosen)):
@@ -186,4 +220,4 @@ def _check_value(base: dict, key: str, value) -> None:
             if not takers:
                 raise BadInput(f"unknown config key '{key}'; no {registry.kind} takes it")
             values[section]["type"] = takers[0]
-    from_dict(without_foreign_options(values)[0])
+    validate(values)

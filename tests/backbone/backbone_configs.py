@@ -55,3 +55,26 @@ def write_config(path: Path, cache: Path, model: dict, name: str = "tiny", data=
     }
     Path(path).write_text(yaml.safe_dump(config))
     return Path(path)
+
+
+def straight_and_resumed(tmp_path: Path, cache: Path, model: dict, monkeypatch, trainer) -> tuple[dict, dict]:
+    """`last.pt` of a two-epoch run, and of the same run killed after its first epoch and resumed (both parts
+    of the second with 2 loader workers); `trainer` is the class whose `end_epoch` the kill patches."""
+    from pipeline.commands import backbone_train
+
+    straight = write_config(tmp_path / "a.yaml", cache, model, name="straight", num_epochs=2)
+    split_run = write_config(tmp_path / "b.yaml", cache, model, name="split", num_epochs=2)
+    monkeypatch.chdir(tmp_path)
+    assert backbone_train.main([str(straight)]) == 0
+    end_epoch = trainer.end_epoch
+
+    def killed_after_first_epoch(self, record, writer=None):
+        end_epoch(self, record, writer)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer, "end_epoch", killed_after_first_epoch)
+        with pytest.raises(KeyboardInterrupt):
+            backbone_train.main([str(split_run), "--set", "data.num_workers=2"])
+    assert backbone_train.main([str(split_run), "--resume", "--set", "data.num_workers=2"]) == 0
+    return tuple(torch.load(tmp_path / "results" / n / "last.pt", weights_only=True) for n in ("straight", "split"))

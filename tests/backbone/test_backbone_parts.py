@@ -126,7 +126,7 @@ def test_augmentation_depends_on_seed_epoch_and_row_not_on_workers(tmp_path):
 def test_checkpoint_backbone_refuses_other_files(tmp_path):
     other = tmp_path / "weights.pt"
     torch.save({"state_dict": {}}, other)
-    with pytest.raises(BadInput, match="not an image-encoder checkpoint of `xalign backbone-train`"):
+    with pytest.raises(BadInput, match="not an encoder checkpoint of `xalign backbone-train`"):
         load_image_backbone(str(other), torch.device("cpu"))
     with pytest.raises(BadInput, match="checkpoint 'missing.pt' not found"):
         load_image_backbone("checkpoint:missing.pt", torch.device("cpu"))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from backbone_configs import TINY_RESNET, TINY_VIT, one_torch_thread, write_config  # noqa: F401 (autouse fixture)
+from backbone_configs import TINY_RESNET, TINY_VIT, one_torch_thread, straight_and_resumed, write_config  # noqa: F401 (autouse fixture)
 
 from encoding import cache
 from encoding.backbones.image_encoder import build_image_encoder, eval_transform
@@ -49,22 +49,7 @@ def test_one_epoch_writes_a_run_with_test_metrics(demo_cache, tmp_path, monkeypa
 
 def test_resume_continues_exactly(demo_cache, tmp_path, monkeypatch):
     """Two epochs straight equal one epoch, a kill, and `--resume` (with workers in the second run)."""
-    straight = write_config(tmp_path / "a.yaml", demo_cache, TINY_VIT, name="straight", num_epochs=2)
-    split_run = write_config(tmp_path / "b.yaml", demo_cache, TINY_VIT, name="split", num_epochs=2)
-    monkeypatch.chdir(tmp_path)
-    assert backbone_train.main([str(straight)]) == 0
-    end_epoch = BackboneTrainer.end_epoch
-
-    def killed_after_first_epoch(self, record, writer=None):
-        end_epoch(self, record, writer)
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as patch:
-        patch.setattr(BackboneTrainer, "end_epoch", killed_after_first_epoch)
-        with pytest.raises(KeyboardInterrupt):
-            backbone_train.main([str(split_run), "--set", "data.num_workers=2"])
-    assert backbone_train.main([str(split_run), "--resume", "--set", "data.num_workers=2"]) == 0
-    a, b = (torch.load(tmp_path / "results" / n / "last.pt", weights_only=False) for n in ("straight", "split"))
+    a, b = straight_and_resumed(tmp_path, demo_cache, TINY_VIT, monkeypatch, BackboneTrainer)
     assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
     for key, value in a["encoder"].items():
         assert torch.equal(value, b["encoder"][key]), key

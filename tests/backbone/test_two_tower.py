@@ -1,0 +1,220 @@
+"""Two-tower backbone training on the real demo cache: each tiny recipe trains an epoch, resumes exactly,
+locks what it should, and its checkpoint encodes both towers into a cache with the run's own metrics."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from backbone_configs import TINY_VIT, one_torch_thread, straight_and_resumed, write_config  # noqa: F401 (autouse fixture)
+from text_towers import SCRATCH, hf_text, tiny_distilbert, tiny_longformer
+
+from encoding import cache
+from encoding.backbones.text_encoder import build_text_encoder, resolve_text_architecture, text_tokenizer
+from encoding.commands import split
+from pipeline import cli
+from pipeline.backbone.config import from_dict
+from pipeline.backbone.two_tower import TwoTowerTrainer
+from pipeline.commands import backbone_train
+from pipeline.config import load_config
+
+
+@pytest.fixture(scope="module")
+def distilbert(tmp_path_factory):
+    return tiny_distilbert(tmp_path_factory.mktemp("distilbert"))
+
+
+@pytest.fixture(scope="module")
+def longformer(tmp_path_factory):
+    return tiny_longformer(tmp_path_factory.mktemp("longformer"))
+
+
+def two_tower(text: dict, **model) -> dict:
+    return {**TINY_VIT, "output_dim": 16, "text": text, **model}
+
+
+def run_dir(tmp_path, name="tiny"):
+    return tmp_path / "results" / name
+
+
+@pytest.mark.parametrize("tower", ["scratch", "distilbert", "distilbert-mean", "longformer"])
+def test_one_epoch_of_each_text_library(demo_cache, tmp_path, monkeypatch, request, tower):
+    text = {
+        "scratch": lambda: SCRATCH,
+        "distilbert": lambda: hf_text(request.getfixturevalue("distilbert"), pretrained=False),
+        "distilbert-mean": lambda: hf_text(request.getfixturevalue("distilbert"), pooling="mean"),
+        "longformer": lambda: hf_text(request.getfixturevalue("longformer"), attention="sparse"),
+    }[tower]()
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path / "c.yaml", demo_cache, two_tower(text))
+    assert backbone_train.main([str(config)]) == 0
+    metrics = json.loads((run_dir(tmp_path) / "metrics.json").read_text())
+    assert metrics["num_images"] == 12 and metrics["num_captions"] == 60 and metrics["rsum"] > 0
+    best = torch.load(run_dir(tmp_path) / "best.pt", weights_only=True)
+    assert best["text_architecture"]["library"] == text["library"] and best["architecture"]["output_dim"] == 16
+    info = json.loads((run_dir(tmp_path) / "run_info.json").read_text())
+    assert info["inference_ms_per_1000_queries"] > 0
+
+
+def test_resume_continues_exactly(demo_cache, tmp_path, monkeypatch):
+    """Two epochs straight equal one epoch, a kill, and `--resume` (tokenised in 2 workers the second time)."""
+    a, b = straight_and_resumed(tmp_path, demo_cache, two_tower(SCRATCH), monkeypatch, TwoTowerTrainer)
+    assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
+    for part in ("encoder", "text_encoder"):
+        for key, value in a[part].items():
+            assert torch.equal(value, b[part][key]), (part, key)
+
+
+def test_lit_locks_the_image_tower_and_last_n_locks_early_text_layers(demo_cache, distilbert, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = hf_text(distilbert, trainable="last_1")
+    config = write_config(tmp_path / "c.yaml", demo_cache, two_tower(text, trainable="none"))
+    start = {}
+    init = TwoTowerTrainer.build_model
+
+    def remember_start(self):
+        model = init(self)
+        start.update({k: v.clone() for k, v in model.state_dict().items()})
+        return model
+
+    monkeypatch.setattr(TwoTowerTrainer, "build_model", remember_start)
+    assert backbone_train.main([str(config)]) == 0
+    last = torch.load(run_dir(tmp_path) / "last.pt", weights_only=True)
+    trunk = {k: v for k, v in last["encoder"].items() if k.startswith("trunk.")}
+    assert trunk and all(torch.equal(v, start[f"image.{k}"]) for k, v in trunk.items())  # BN stats too
+    assert not torch.equal(last["encoder"]["head.0.weight"], start["image.head.0.weight"])
+    text_state = last["text_encoder"]
+    first, second = "tower.model.transformer.layer.0.", "tower.model.transformer.layer.1."
+    assert all(torch.equal(v, start[f"text.{k}"]) for k, v in text_state.items() if k.startswith(first))
+    assert all(torch.equal(v, start[f"text.{k}"]) for k, v in text_state.items() if ".embeddings." in k)
+    changed = [k for k, v in text_state.items() if k.startswith(second) and not torch.equal(v, start[f"text.{k}"])]
+    assert changed
+
+
+@pytest.mark.parametrize("tower", ["scratch", "distilbert"])
+def test_encode_both_towers_from_the_checkpoint_closes_the_loop(demo_cache, tmp_path, monkeypatch, request, tower):
+    """A cache encoded with the run's two towers retrieves as the run did on its test split (to 0.1 rsum)."""
+    text = SCRATCH if tower == "scratch" else hf_text(request.getfixturevalue("distilbert"), pretrained=False)
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path / "c.yaml", demo_cache, two_tower(text), num_epochs=2)
+    assert backbone_train.main([str(config)]) == 0
+    checkpoint = run_dir(tmp_path) / "best.pt"
+    root = cache.read_metadata(demo_cache)["dataset"]["root"]
+    out = tmp_path / "encoded"
+    argv = ["encode", "--dataset", "demo", "--root", root, "--out", str(out), "--num-workers", "0"]
+    assert (
+        cli.main([*argv, "--image-model", str(checkpoint), "--text-model", str(checkpoint), "--shard-size", "30"]) == 0
+    )
+    assert split.main([str(out), "--val", "12", "--test", "12", "--tuning", "20", "--seed", "0"]) == 0
+    assert cache.read_splits(out)["test"] == cache.read_splits(demo_cache)["test"]  # the run's test images
+    assert cli.main(["evaluate", "--cache", str(out), "--split", "test"]) == 0
+    run = json.loads((run_dir(tmp_path) / "metrics.json").read_text())
+    encoded = json.loads((out / "metrics-test.json").read_text())
+    assert encoded["rsum"] == pytest.approx(run["rsum"], abs=0.1)
+    assert cache.read_metadata(out)["text_model"]["dim"] == 16
+
+
+def tokenizer_less_copy(folder, tmp_path):
+    """`folder`'s model files without its tokenizer files."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (bare / name).write_bytes((folder / name).read_bytes())
+    return bare
+
+
+@pytest.mark.parametrize(
+    ("text", "model", "message"),
+    [
+        ({"library": "gensim"}, {}, "model.text.library: unknown text library 'gensim'; choose one of: hf, open_clip"),
+        ({**SCRATCH, "arch": "gpt"}, {}, "'model.text.arch': library 'scratch' builds 'clip'"),
+        ({**SCRATCH, "attention": "local"}, {}, "'model.text.attention': unknown attention 'local'; choose one of"),
+        ({**SCRATCH, "attention": "sparse"}, {}, "attends densely; sparse needs an hf model of type longformer"),
+        ({**SCRATCH, "pooling": "mean"}, {}, "'model.text.pooling': library 'scratch' pools by eos"),
+        ({**SCRATCH, "options": {"depth": 2}}, {}, "'model.text.options.depth': scratch takes width, heads, layers"),
+        ({**SCRATCH, "pretrained": True}, {}, "'model.text.pretrained': hf only"),
+        ({**SCRATCH, "trainable": "first_2"}, {}, "'model.text.trainable': expected all, none or last_N"),
+        ({**SCRATCH, "trainable": "last_3"}, {}, "'model.text.trainable': last_3 is more than the tower's 2 blocks"),
+        (SCRATCH, {"trainable": "some"}, "'model.trainable': expected all, none or last_N"),
+        ({"library": "open_clip", "arch": "ViT-Q-99"}, {}, "open_clip has no architecture 'ViT-Q-99'"),
+        (("distilbert", {"attention": "sparse"}), {}, "attends densely; sparse needs an hf model of type longformer"),
+        (("longformer", {}), {}, "attends sparsely; set attention: sparse"),
+        (("distilbert", {"max_length": 65}), {}, "'model.text.max_length': 65 is beyond"),
+        (("longformer", {"attention": "sparse", "max_length": 65}), {}, "'model.text.max_length': 65 is beyond"),
+        (("distilbert", {"options": {"n_layers": 1}}), {}, "'model.text.options': changes the architecture"),
+        (("distilbert", {"pretrained": False, "options": {"layers": 1}}), {}, "has no config key 'layers'"),
+        (("distilbert-without-tokenizer", {}), {}, "'model.text.arch': no tokenizer in"),
+        (("missing-dir", {}), {}, "'model.text.arch': cannot load a transformers config from"),
+    ],
+)
+def test_bad_text_towers_exit_2_naming_the_key(
+    demo_cache, tmp_path, monkeypatch, capsys, request, text, model, message
+):
+    if isinstance(text, tuple):  # an hf tower: (its folder, its model.text keys)
+        name, keys = text
+        if name == "missing-dir":
+            folder = tmp_path / "nowhere"
+        elif name == "distilbert-without-tokenizer":
+            folder = tokenizer_less_copy(request.getfixturevalue("distilbert"), tmp_path)
+        else:
+            folder = request.getfixturevalue(name)
+        text = hf_text(folder, **keys)
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path / "c.yaml", demo_cache, two_tower(text, **model))
+    assert cli.main(["backbone-train", str(config)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "results" / "tiny" / "last.pt").exists()
+
+
+def test_a_frozen_text_run_cannot_change_the_shared_width_or_encode_text(demo_cache, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path / "c.yaml", demo_cache, {**TINY_VIT, "output_dim": 16})
+    assert cli.main(["backbone-train", str(config)]) == 2
+    assert "'model.output_dim': 16, but the frozen caption embeddings" in capsys.readouterr().err
+    config = write_config(tmp_path / "c.yaml", demo_cache, TINY_VIT)
+    assert cli.main(["backbone-train", str(config)]) == 0
+    checkpoint = str(run_dir(tmp_path) / "best.pt")
+    root = cache.read_metadata(demo_cache)["dataset"]["root"]
+    argv = ["encode", "--dataset", "demo", "--root", root, "--out", str(tmp_path / "enc"), "--image-model", checkpoint]
+    assert cli.main([*argv, "--text-model", checkpoint]) == 2
+    assert "trained the image encoder alone against frozen caption embeddings" in capsys.readouterr().err
+
+
+def test_tune_runs_trials_of_a_two_tower_backbone_config(demo_cache, tmp_path, monkeypatch, capsys):
+    """Two trials over a two-tower base config (seed 003 tunes CLIP from scratch), one sampling a text key."""
+    monkeypatch.chdir(tmp_path)
+    base = yaml.safe_load(write_config(tmp_path / "base.yaml", demo_cache, two_tower(SCRATCH)).read_text())
+    optuna_config = {
+        "study_name": "two_tower",
+        "base_config": base,
+        "search_space": {
+            "training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+            "model.text.max_length": {"type": "categorical", "choices": [16, 24]},
+        },
+        "n_trials": 2,
+    }
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(optuna_config))
+    assert cli.main(["tune", str(tmp_path / "tune.yaml")]) == 0
+    assert "train it: xalign backbone-train results/optuna/two_tower/best_config.yaml" in capsys.readouterr().out
+    best = yaml.safe_load((tmp_path / "results/optuna/two_tower/best_config.yaml").read_text())
+    assert best["model"]["text"]["max_length"] in (16, 24) and best["model"]["text"]["library"] == "scratch"
+    assert cli.main(["backbone-train", "results/optuna/two_tower/best_config.yaml"]) == 0
+    bad = {**optuna_config, "search_space": {"model.text.layers": {"type": "categorical", "choices": [1, 2]}}}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    assert cli.main(["tune", str(tmp_path / "bad.yaml")]) == 2
+    assert "unknown config key 'model.text.layers'" in capsys.readouterr().err
+
+
+RECIPES = sorted((Path(__file__).parents[2] / "configs" / "two_tower").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_shipped_recipes_are_valid_and_the_demo_ones_resolve_offline(path):
+    config = load_config(path, [], validate=from_dict)
+    assert config.model.text is not None and config.name == path.stem
+    if path.stem.startswith("demo_"):
+        architecture = resolve_text_architecture(config.model.text.tower(), config.model.output_dim)
+        encoder = build_text_encoder(architecture)
+        ids, mask = text_tokenizer(architecture)(["a big red 3 with a small blue 7 in the top left corner"])
+        assert encoder(ids, mask).shape == (1, config.model.output_dim)
