@@ -13,6 +13,7 @@ from text_towers import SCRATCH, hf_text, tiny_distilbert, tiny_longformer
 from encoding import cache
 from encoding.backbones.text_encoder import build_text_encoder, resolve_text_architecture, text_tokenizer
 from encoding.commands import split
+from encoding.errors import BadInput
 from pipeline import cli
 from pipeline.backbone.config import from_dict
 from pipeline.backbone.two_tower import TwoTowerTrainer
@@ -218,3 +219,21 @@ def test_shipped_recipes_are_valid_and_the_demo_ones_resolve_offline(path):
         encoder = build_text_encoder(architecture)
         ids, mask = text_tokenizer(architecture)(["a big red 3 with a small blue 7 in the top left corner"])
         assert encoder(ids, mask).shape == (1, config.model.output_dim)
+
+
+def test_an_open_clip_text_tower_is_the_models_own_with_its_tokenizer():
+    """`library: open_clip` takes the model's text tower (same weights as `encode_text` when built alike)."""
+    import open_clip
+
+    values = {"library": "open_clip", "arch": "RN50", "pretrained": None, "tokenizer": None, "attention": "self"}
+    architecture = resolve_text_architecture({**values, "pooling": None, "max_length": 77, "options": {}}, 1024)
+    torch.manual_seed(0)
+    encoder = build_text_encoder(architecture).eval()
+    torch.manual_seed(0)
+    reference = open_clip.create_model("RN50", force_custom_text=True).eval()
+    ids, mask = text_tokenizer(architecture)(["a red 3", "a big blue 7 in the top left corner"])
+    assert ids.shape == (2, 77) and mask.sum(1).tolist() == [5, 11]  # start, words, end
+    with torch.no_grad():
+        assert torch.allclose(encoder(ids, mask), reference.encode_text(ids), atol=1e-5)
+    with pytest.raises(BadInput, match="'model.text.max_length': 78 is beyond 'RN50''s 77 positions"):
+        resolve_text_architecture({**values, "pooling": None, "max_length": 78, "options": {}}, 1024)
