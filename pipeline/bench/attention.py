@@ -1,12 +1,15 @@
-"""`xalign bench attention [--tokens 64,256,1024,4096 ...]`: token_transformer vs sparse_attention vs tokens.
+"""`xalign bench attention [--tokens 64,256,1024,4096] [--heads ...]`: dense vs sparse attention vs tokens.
 
-For each head and token count T, one training step of the head's image encoder (forward + backward
-of `encode_image` on a (batch, T, dim) batch of random tokens, no padding, dropout 0, num_heads 4) is
-measured in a fresh subprocess: a step on a tiny slice (one-time costs), a warm-up step, then
-`--repeats` timed steps; `seconds` is the best (per batch). `token_transformer` is dense attention
-(PyTorch's multi-head attention, which may run a fused kernel that keeps memory linear while time
-stays quadratic); `sparse_attention` is the blocked sliding window (`--window` each side) plus one
-global token.
+Heads (`--heads`, default the token heads): `token_transformer` and `sparse_attention` (the token heads),
+and `distilbert` and `longformer` (two-tower text towers: transformers models at random init of
+`--hidden-dim` width and `--num-layers` layers, a Longformer window of `--window` tokens each side, its
+first token global). For each head and token count T, one training step (forward + backward of the
+token head's `encode_image` on a (batch, T, dim) batch of random tokens, or of the text tower on
+(batch, T) random token ids; no padding, dropout 0, num_heads 4) is measured in a fresh subprocess: a
+step on a tiny slice (one-time costs), a warm-up step, then `--repeats` timed steps; `seconds` is the
+best (per batch). `token_transformer` is dense attention (PyTorch's multi-head attention, which may
+run a fused kernel that keeps memory linear while time stays quadratic); `sparse_attention` is the
+blocked sliding window (`--window` each side) plus one global token.
 
 `peak_mb` is the step's own working memory (activations, gradients, workspace). On CUDA:
 torch.cuda.max_memory_allocated() over the steps minus the memory allocated before them (parameters
@@ -33,7 +36,30 @@ from encoding.errors import BadInput
 from encoding.runtime import resolve_device, timed
 from pipeline import heads
 
-HEADS = ("token_transformer", "sparse_attention")
+HEADS = ("token_transformer", "sparse_attention", "distilbert", "longformer")
+TEXT_TOWERS = {  # model type → transformers config keys of the bench's sizes
+    "distilbert": lambda a, t: {
+        "dim": a.hidden_dim,
+        "hidden_dim": 4 * a.hidden_dim,
+        "n_layers": a.num_layers,
+        "n_heads": 4,
+        "max_position_embeddings": max(t, 512),
+        "dropout": 0.0,
+        "attention_dropout": 0.0,
+    },
+    "longformer": lambda a, t: {
+        "hidden_size": a.hidden_dim,
+        "intermediate_size": 4 * a.hidden_dim,
+        "num_hidden_layers": a.num_layers,
+        "num_attention_heads": 4,
+        "attention_window": 2 * a.window,
+        "max_position_embeddings": t + 2,
+        "pad_token_id": 0,
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+    },
+}
+VOCAB = 1000  # random token ids of the text towers
 MEMORY_METHODS = {
     "cuda": "torch.cuda.max_memory_allocated during the steps minus memory allocated before them",
     "cpu": "ru_maxrss growth of a fresh subprocess per measurement, from before the warm-up to after the steps",
@@ -52,19 +78,38 @@ def out_of_memory(err: Exception) -> bool:
     return isinstance(err, torch.OutOfMemoryError | MemoryError) or "can't allocate memory" in str(err)
 
 
+def training_step(head: str, tokens: int, args, device: torch.device):
+    """(`step(rows, length)`: one forward + backward on the first rows and positions of the batch, the batch)."""
+    torch.manual_seed(0)
+    if head in TEXT_TOWERS:
+        from transformers import AutoConfig, AutoModel
+
+        from encoding.backbones.text_encoder import HfTextTower
+
+        config = AutoConfig.for_model(head, vocab_size=VOCAB, **TEXT_TOWERS[head](args, tokens))
+        model = HfTextTower(AutoModel.from_config(config), "cls").to(device)
+        batch = torch.randint(1, VOCAB, (args.batch_size, tokens), device=device)
+
+        def forward(ids: torch.Tensor) -> torch.Tensor:
+            return model(ids, torch.ones_like(ids, dtype=torch.bool))[0]
+    else:
+        options = {"output_dim": args.hidden_dim, "hidden_dim": args.hidden_dim, "num_layers": args.num_layers}
+        options.update({"dropout": 0.0, **({"window": args.window} if head == "sparse_attention" else {})})
+        model = heads.build(head, args.dim, args.dim, **options).to(device)
+        batch = torch.randn(args.batch_size, tokens, args.dim, device=device)
+        forward = model.encode_image
+
+    def step(rows: int = args.batch_size, length: int = tokens) -> None:
+        model.zero_grad(set_to_none=True)
+        forward(batch[:rows, :length]).sum().backward()
+
+    return step
+
+
 def measure(head: str, tokens: int, args, device: torch.device) -> dict:
     """Seconds per forward + backward step (best of `repeats`, after a warm-up) and the step's peak memory."""
-    torch.manual_seed(0)
-    options = {"output_dim": args.hidden_dim, "hidden_dim": args.hidden_dim, "num_layers": args.num_layers}
-    options.update({"dropout": 0.0, **({"window": args.window} if head == "sparse_attention" else {})})
-    pair = heads.build(head, args.dim, args.dim, **options).to(device)
-    batch = torch.randn(args.batch_size, tokens, args.dim, device=device)
-
-    def step(tokens: torch.Tensor = batch) -> None:
-        pair.zero_grad(set_to_none=True)
-        pair.encode_image(tokens).sum().backward()
-
-    step(batch[:1, :8])  # one-time costs (kernel loading, autograd engine start) stay out of the measurement
+    step = training_step(head, tokens, args, device)
+    step(1, 8)  # one-time costs (kernel loading, autograd engine start) stay out of the measurement
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     before = memory_mb(device)
@@ -109,15 +154,18 @@ def token_counts(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xalign bench attention", description=__doc__)
     p.add_argument("--tokens", default="64,256,1024,4096", help="token counts, comma-separated")
+    p.add_argument(
+        "--heads", default="token_transformer,sparse_attention", help=f"comma-separated, of: {', '.join(HEADS)}"
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dim", type=int, default=64, help="input token dim")
     p.add_argument("--hidden-dim", type=int, default=64, help="head width (and output dim)")
     p.add_argument("--num-layers", type=int, default=2)
-    p.add_argument("--window", type=int, default=32, help="sparse_attention: tokens attended on each side")
+    p.add_argument("--window", type=int, default=32, help="sparse heads: tokens attended on each side")
     p.add_argument("--repeats", type=int, default=3, help="timed steps; the best counts")
     p.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--head", choices=HEADS, help=argparse.SUPPRESS)
+    p.add_argument("--head", choices=HEADS, help=argparse.SUPPRESS)  # the worker's one head
     return p
 
 
@@ -140,7 +188,10 @@ def main(argv=None) -> int:
     if args.worker:
         print(json.dumps(measure(args.head, counts[0], args, device)))
         return 0
-    rows = [run_one(head, tokens, args) for head in HEADS for tokens in counts]
+    chosen = args.heads.split(",")
+    if not chosen or not set(chosen) <= set(HEADS):
+        raise BadInput(f"--heads {args.heads!r}: expected comma-separated names of: {', '.join(HEADS)}")
+    rows = [run_one(head, tokens, args) for head in chosen for tokens in counts]
     print_table(rows)
     sizes = {name: getattr(args, name) for name in ("batch_size", "dim", "hidden_dim", "num_layers", "window")}
     summary = {"device": str(device), "threads": torch.get_num_threads(), **sizes, "repeats": args.repeats}

@@ -32,6 +32,16 @@ def test_bench_attention_reports_every_head_and_token_count(capsys):
         assert row["seconds"] > 0 and row["peak_mb"] >= 0 and row["note"] is None
 
 
+def test_bench_attention_times_the_two_tower_text_towers(capsys):
+    """DistilBERT (dense) vs Longformer (sliding window) text towers per caption length (seed 001's comparison)."""
+    argv = ["bench", "attention", "--heads", "distilbert,longformer", "--tokens", "16,40", "--repeats", "1"]
+    argv += ["--device", "cpu", "--batch-size", "2", "--hidden-dim", "8", "--num-layers", "1", "--window", "4"]
+    assert cli.main(argv) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
+    assert [(r["head"], r["tokens"]) for r in rows] == [(h, t) for h in ("distilbert", "longformer") for t in (16, 40)]
+    assert all(r["seconds"] > 0 and r["note"] is None for r in rows)
+
+
 def test_a_killed_worker_is_a_null_row_with_a_note(monkeypatch):
     killed = subprocess.CompletedProcess([], returncode=-9, stdout="", stderr="")
     monkeypatch.setattr(attention.subprocess, "run", lambda *a, **k: killed)
@@ -53,7 +63,8 @@ def test_allocation_failures_are_told_apart_from_other_errors():
 
 
 @pytest.mark.parametrize(
-    ("flag", "value", "said"), [("--tokens", "16,x", "--tokens '16,x'"), ("--window", "0", "--window 0")]
+    ("flag", "value", "said"),
+    [("--tokens", "16,x", "--tokens '16,x'"), ("--window", "0", "--window 0"), ("--heads", "bert", "--heads 'bert'")],
 )
 def test_bad_sizes_are_bad_input(flag, value, said):
     with pytest.raises(BadInput, match=said):
