@@ -57,7 +57,7 @@ class Tokenize:
 
 
 class ClipTextTower(nn.Module):
-    """open_clip `TextTransformer` (ids (B, L)) → (pooled (B, W_out), tokens (B, L, W))."""
+    """open_clip `TextTransformer` (ids (B, L)) → (pooled (B, out_dim), tokens (B, L, token_dim))."""
 
     def __init__(self, transformer: nn.Module):
         super().__init__()
@@ -65,6 +65,7 @@ class ClipTextTower(nn.Module):
         self.transformer.output_tokens = True
         self.layers = transformer.transformer.resblocks
         self.out_dim = transformer.output_dim if transformer.text_projection is not None else transformer.width
+        self.token_dim = transformer.width
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.transformer(ids)
@@ -79,14 +80,14 @@ class ClipTextTower(nn.Module):
 
 
 class HfTextTower(nn.Module):
-    """transformers `AutoModel` (ids, mask (B, L)) → (pooled (B, W), last hidden states (B, L, W))."""
+    """transformers `AutoModel` (ids, mask (B, L)) → (pooled (B, out_dim), last hidden states (B, L, token_dim))."""
 
     def __init__(self, model: nn.Module, pooling: str):
         super().__init__()
         self.model, self.pooling = model, pooling
         self.sparse = model.config.model_type in SPARSE_TYPES
         self.layers = max((m for m in model.modules() if isinstance(m, nn.ModuleList)), key=len)
-        self.out_dim = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.dim
+        self.out_dim = self.token_dim = getattr(model.config, "hidden_size", None) or model.config.dim
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         extra = {}

@@ -47,6 +47,18 @@ class TextTowerConfig:
 
 
 @dataclass(frozen=True)
+class FusionConfig:
+    """`model.fusion`: text layers that cross-attend to the image feature map and score pairs (ALBEF's fusion
+    encoder, seed 001's "image features integrated into the text encoder"); trained with loss `itm`."""
+
+    hidden_dim: int = 256
+    num_heads: int = 4
+    num_layers: int = 2
+    dropout: float = 0.1
+    rerank_k: int = 16  # dual candidates per query that validation and test re-score with the fusion layers
+
+
+@dataclass(frozen=True)
 class BackboneModelConfig:
     library: str = "timm"  # timm or torchvision
     arch: str = "vit_tiny_patch16_224"
@@ -65,6 +77,7 @@ class BackboneModelConfig:
     trainable: str = "all"  # all, none (the trunk locked, as LiT's image tower) or last_N (the trunk's last N blocks)
     output_dim: int | None = None  # the shared embedding width (default: the cache's caption dim, 512 with model.text)
     text: TextTowerConfig | None = None  # a text tower to train too; None: the cache's frozen caption embeddings
+    fusion: FusionConfig | None = None  # cross-attention layers scoring pairs (needs model.text; loss itm)
 
 
 @dataclass(frozen=True)
@@ -93,7 +106,7 @@ class BackboneConfig:
         return {**model, "output_dim": output_dim}
 
 
-TRAINING_ONLY = ("learnable_temp", "trainable", "output_dim", "text")  # model keys no encoder rebuild needs
+TRAINING_ONLY = ("learnable_temp", "trainable", "output_dim", "text", "fusion")  # model keys no encoder rebuild needs
 TRAINABLE = re.compile(r"all|none|last_[1-9][0-9]*")
 
 
@@ -119,6 +132,17 @@ def _check_model(config: BackboneConfig) -> None:
         trainable_layers(m.text.trainable, "model.text.trainable")
         if m.text.max_length < 2:
             raise BadInput(f"config key 'model.text.max_length': expected at least 2, got {m.text.max_length}")
+    if m.fusion is not None and m.text is None:
+        raise BadInput("config key 'model.fusion': reads a text tower's hidden states; add model.text")
+    if m.fusion is not None and m.fusion.hidden_dim % m.fusion.num_heads:
+        raise BadInput(
+            f"config key 'model.fusion.hidden_dim': {m.fusion.hidden_dim} must divide by num_heads {m.fusion.num_heads}"
+        )
+    if (m.fusion is not None) != (config.loss.type == "itm"):
+        raise BadInput(
+            f"config key 'loss.type': '{config.loss.type}' with{'' if m.fusion else 'out'} model.fusion; "
+            "the fusion layers train with loss itm, and itm needs them"
+        )
     if m.output_dim is not None and m.output_dim < 1:
         raise BadInput(f"config key 'model.output_dim': expected a positive int, got {m.output_dim}")
     if config.training.batch_size < 2:
@@ -130,6 +154,9 @@ def from_dict(values: dict) -> BackboneConfig:
     training = values.get("training") if isinstance(values, dict) else None
     if isinstance(training, dict) and "learnable_temp" in training:
         raise BadInput("config key 'training.learnable_temp' moved to 'model.learnable_temp' (as in head configs)")
+    model, loss = values.get("model"), values.get("loss")
+    if isinstance(model, dict) and model.get("fusion") is not None and not (isinstance(loss, dict) and "type" in loss):
+        values = {**values, "loss": {**(loss or {}), "type": "itm"}}  # the fusion layers' loss, unless one is named
     config = build_dataclass(BackboneConfig, values)
     TRUNKS.get(config.model.library, key="model.library")
     POOLINGS.get(config.model.pooling, key="model.pooling")

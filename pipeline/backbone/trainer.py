@@ -96,13 +96,15 @@ class BackboneTrainer(Trainer):
     def embed_images(self, paths) -> torch.Tensor:
         """(N,) image paths → (N, D) L2-normalised fp32 embeddings of the un-augmented images."""
         self.model.eval()
+        parts = [F.normalize(self.image_encoder(pixels).float(), dim=-1) for pixels in self.eval_pixels(paths)]
+        return torch.cat(parts)
+
+    def eval_pixels(self, paths) -> Iterator[torch.Tensor]:
+        """(B, 3, H, W) batches of the un-augmented images on the device, `training.eval_batch_size` at a time."""
         m = self.config.model
         images = SplitImages(paths, eval_transform(m.image_size, m.mean, m.std))
-        parts = [
-            F.normalize(self.image_encoder(pixels.to(self.device)).float(), dim=-1)
-            for _, pixels in self.loader(images, range(len(images)), self.config.training.eval_batch_size, False)
-        ]
-        return torch.cat(parts)
+        for _, pixels in self.loader(images, range(len(images)), self.config.training.eval_batch_size, False):
+            yield pixels.to(self.device)
 
     @property
     def image_encoder(self) -> torch.nn.Module:

@@ -58,6 +58,10 @@ class TwoTowerTrainer(BackboneTrainer):
             tower, tower.layers, tower.inputs(), layers, "model.text.trainable"
         )
         self.train_pairs = PairImages(self.train_images, self.train.captions)
+        return self.assemble(image, text)
+
+    def assemble(self, image: ImageEncoder, text: nn.Module) -> nn.Module:
+        """The model of the two towers."""
         return TwoTower(image, text)
 
     def pair_batches(self, rows, captions, batch: int, drop_last: bool) -> Iterator:
@@ -125,8 +129,3 @@ class TwoTowerTrainer(BackboneTrainer):
     def load_weights(self, state: dict, path: Path) -> None:
         load_weights(self.model.image, state.get("encoder"), path)
         load_weights(self.model.text, state.get("text_encoder"), path)
-
-
-def trainer_class(config) -> type[BackboneTrainer]:
-    """The trainer of a backbone config: two towers with `model.text`, else the image encoder alone."""
-    return BackboneTrainer if config.model.text is None else TwoTowerTrainer

@@ -17,7 +17,7 @@ from pathlib import Path
 from encoding.errors import BadInput
 from pipeline.backbone.bench import bench_training_step
 from pipeline.backbone.config import from_dict
-from pipeline.backbone.two_tower import trainer_class
+from pipeline.backbone.trainers import trainer_class
 from pipeline.commands import naming_config, training_parser
 from pipeline.config import load_config
 from pipeline.data import load_splits

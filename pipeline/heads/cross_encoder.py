@@ -50,30 +50,27 @@ class MeanPool(nn.Module):
         return self.out(masked_mean(tokens, mask))
 
 
-class CrossEncoderPair(TokenHeadPair):
-    """A mean-pooling dual encoder plus `match`, the fusion encoder that scores image-caption pairs."""
+class MatchHead(nn.Module):
+    """ALBEF's fusion encoder and ITM score: (P, T, D_img) image tokens, (P, L, D_txt) caption tokens, masks
+    (True = real token; None = all real) → (P,) match logits, one per image-caption pair."""
 
-    def __init__(self, image_dim: int, text_dim: int, options: CrossEncoderOptions):
-        o = options
-        super().__init__(MeanPool(image_dim, o.output_dim), MeanPool(text_dim, o.output_dim))
-        self.rerank_k = o.rerank_k
-        self.embed_image_tokens = nn.Sequential(TokenEmbedding(image_dim, o.hidden_dim), nn.LayerNorm(o.hidden_dim))
-        self.embed_text_tokens = TokenEmbedding(text_dim, o.hidden_dim)
+    def __init__(self, image_dim: int, text_dim: int, hidden_dim: int, num_heads: int, num_layers: int, dropout: float):
+        super().__init__()
+        self.embed_image_tokens = nn.Sequential(TokenEmbedding(image_dim, hidden_dim), nn.LayerNorm(hidden_dim))
+        self.embed_text_tokens = TokenEmbedding(text_dim, hidden_dim)
         layer = nn.TransformerDecoderLayer(
-            o.hidden_dim,
-            o.num_heads,
-            dim_feedforward=4 * o.hidden_dim,
-            dropout=o.dropout,
+            hidden_dim,
+            num_heads,
+            dim_feedforward=4 * hidden_dim,
+            dropout=dropout,
             activation="gelu",
             batch_first=True,
             norm_first=True,
         )
-        self.fusion = nn.TransformerDecoder(layer, o.num_layers)
-        self.score = output_layer(o.hidden_dim, 1)
+        self.fusion = nn.TransformerDecoder(layer, num_layers)
+        self.score = output_layer(hidden_dim, 1)
 
-    def match(self, image_tokens, text_tokens, text_mask, image_mask=None) -> torch.Tensor:
-        """(P,) match logits of P pairs: image tokens (P, T, D_img), caption tokens (P, L, D_txt), masks as in
-        `forward` (True = real token)."""
+    def forward(self, image_tokens, text_tokens, text_mask, image_mask=None) -> torch.Tensor:
         fused = self.fusion(
             self.embed_text_tokens(text_tokens),
             self.embed_image_tokens(image_tokens),
@@ -81,6 +78,21 @@ class CrossEncoderPair(TokenHeadPair):
             memory_key_padding_mask=padding_mask(image_mask),
         )
         return self.score(masked_mean(fused, text_mask)).squeeze(-1)
+
+
+class CrossEncoderPair(TokenHeadPair):
+    """A mean-pooling dual encoder plus `match`, the fusion encoder that scores image-caption pairs."""
+
+    def __init__(self, image_dim: int, text_dim: int, options: CrossEncoderOptions):
+        o = options
+        super().__init__(MeanPool(image_dim, o.output_dim), MeanPool(text_dim, o.output_dim))
+        self.rerank_k = o.rerank_k
+        self.matcher = MatchHead(image_dim, text_dim, o.hidden_dim, o.num_heads, o.num_layers, o.dropout)
+
+    def match(self, image_tokens, text_tokens, text_mask, image_mask=None) -> torch.Tensor:
+        """(P,) match logits of P pairs: image tokens (P, T, D_img), caption tokens (P, L, D_txt), masks as in
+        `forward` (True = real token)."""
+        return self.matcher(image_tokens, text_tokens, text_mask, image_mask)
 
 
 @HEADS.register("cross_encoder")

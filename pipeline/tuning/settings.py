@@ -17,7 +17,7 @@ from pathlib import Path
 
 from encoding.errors import BadInput
 from pipeline.backbone import config as backbone_config
-from pipeline.backbone.two_tower import trainer_class
+from pipeline.backbone.trainers import trainer_class
 from pipeline.config import (
     ExperimentConfig,
     apply_overrides,

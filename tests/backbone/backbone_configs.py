@@ -35,14 +35,14 @@ TINY_RESNET = {
 }
 
 
-def write_config(path: Path, cache: Path, model: dict, name: str = "tiny", data=None, **training) -> Path:
-    """A one-epoch config on `cache` with the given `model` section; `data` and `training` keys override."""
+def write_config(path: Path, cache: Path, model: dict, name: str = "tiny", data=None, loss=None, **training) -> Path:
+    """A one-epoch config on `cache` with the given `model` section; `data`, `loss` and `training` keys override."""
     config = {
         "name": name,
         "data": {"cache": str(cache), "num_workers": 0, **(data or {})},
         "model": model,
         "augment": {"flip": 0.5, "color_jitter": 0.2, "rotation": 10.0, "crop_scale": 0.8},
-        "loss": {"type": "clip", "temperature": 0.07},
+        "loss": loss or {"type": "clip", "temperature": 0.07},
         "training": {
             "batch_size": 8,
             "learning_rate": 1e-3,
@@ -57,13 +57,13 @@ def write_config(path: Path, cache: Path, model: dict, name: str = "tiny", data=
     return Path(path)
 
 
-def straight_and_resumed(tmp_path: Path, cache: Path, model: dict, monkeypatch, trainer) -> tuple[dict, dict]:
+def straight_and_resumed(tmp_path: Path, cache: Path, model: dict, monkeypatch, trainer, loss=None) -> tuple:
     """`last.pt` of a two-epoch run, and of the same run killed after its first epoch and resumed (both parts
     of the second with 2 loader workers); `trainer` is the class whose `end_epoch` the kill patches."""
     from pipeline.commands import backbone_train
 
-    straight = write_config(tmp_path / "a.yaml", cache, model, name="straight", num_epochs=2)
-    split_run = write_config(tmp_path / "b.yaml", cache, model, name="split", num_epochs=2)
+    straight = write_config(tmp_path / "a.yaml", cache, model, name="straight", loss=loss, num_epochs=2)
+    split_run = write_config(tmp_path / "b.yaml", cache, model, name="split", loss=loss, num_epochs=2)
     monkeypatch.chdir(tmp_path)
     assert backbone_train.main([str(straight)]) == 0
     end_epoch = trainer.end_epoch

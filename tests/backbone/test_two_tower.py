@@ -16,9 +16,11 @@ from encoding.commands import split
 from encoding.errors import BadInput
 from pipeline import cli
 from pipeline.backbone.config import from_dict
+from pipeline.backbone.fusion import FusedTwoTowerTrainer
 from pipeline.backbone.two_tower import TwoTowerTrainer
 from pipeline.commands import backbone_train
 from pipeline.config import load_config
+from pipeline.metrics import retrieval_metrics
 
 
 @pytest.fixture(scope="module")
@@ -237,3 +239,64 @@ def test_an_open_clip_text_tower_is_the_models_own_with_its_tokenizer():
         assert torch.allclose(encoder(ids, mask), reference.encode_text(ids), atol=1e-5)
     with pytest.raises(BadInput, match="'model.text.max_length': 78 is beyond 'RN50''s 77 positions"):
         resolve_text_architecture({**values, "pooling": None, "max_length": 78, "options": {}}, 1024)
+
+
+FUSION = {"num_layers": 1, "hidden_dim": 16, "num_heads": 2, "rerank_k": 4}
+
+
+def test_the_cross_attention_variant_trains_with_itm_and_resumes_exactly(demo_cache, tmp_path, monkeypatch):
+    """Fusion layers over the ViT's tokens and the text tower's states: loss itm by default, hard negatives
+    drawn per epoch, so a killed and resumed run ends with the same towers and fusion weights."""
+    model = two_tower(SCRATCH, fusion=FUSION)
+    a, b = straight_and_resumed(
+        tmp_path, demo_cache, model, monkeypatch, FusedTwoTowerTrainer, loss={"temperature": 0.07}
+    )
+    assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
+    for part in ("encoder", "text_encoder", "fusion"):
+        assert a[part] and all(torch.equal(v, b[part][k]) for k, v in a[part].items()), part
+    run = run_dir(tmp_path, "straight")
+    assert yaml.safe_load((run / "config.yaml").read_text())["loss"]["type"] == "itm"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["num_captions"] == 60 and metrics["rsum"] > 0
+    assert json.loads((run / "run_info.json").read_text())["inference_ms_per_1000_queries"] > 0
+
+
+def test_the_fused_ranking_differs_from_the_dual_ranking_only_in_the_top_k(demo_cache, tmp_path, monkeypatch):
+    """Validation re-ranks the dual top K with the match logits: R@K beyond `rerank_k` is the dual's."""
+    monkeypatch.chdir(tmp_path)
+    model = two_tower(SCRATCH, fusion={**FUSION, "rerank_k": 2})
+    config = write_config(tmp_path / "c.yaml", demo_cache, model, loss={"type": "itm"})
+    trainer = None
+    init = FusedTwoTowerTrainer.__init__
+
+    def keep(self, *args, **kwargs):
+        nonlocal trainer
+        init(self, *args, **kwargs)
+        trainer = self
+
+    monkeypatch.setattr(FusedTwoTowerTrainer, "__init__", keep)
+    assert backbone_train.main([str(config)]) == 0
+    image, text = trainer.embed(trainer.val)
+    fused = trainer.test_metrics(trainer.val, image, text)
+    dual = retrieval_metrics(image, text, trainer.val.caption_image_index)
+    for direction in ("i2t", "t2i"):
+        assert fused[direction]["R@5"] == dual[direction]["R@5"] and fused[direction]["R@10"] == dual[direction]["R@10"]
+
+
+@pytest.mark.parametrize(
+    ("model", "loss", "message"),
+    [
+        ({**TINY_VIT, "fusion": FUSION}, None, "'model.fusion': reads a text tower's hidden states; add model.text"),
+        (two_tower(SCRATCH, fusion=FUSION), "clip", "'loss.type': 'clip' with model.fusion"),
+        (two_tower(SCRATCH), "itm", "'loss.type': 'itm' without model.fusion"),
+        (two_tower(SCRATCH, fusion={**FUSION, "hidden_dim": 15}), None, "must divide by num_heads 2"),
+    ],
+)
+def test_fusion_and_its_loss_go_together(demo_cache, tmp_path, monkeypatch, capsys, model, loss, message):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path / "c.yaml", demo_cache, model)
+    values = yaml.safe_load(config.read_text())
+    values["loss"] = {"type": loss} if loss else {"temperature": 0.05}
+    config.write_text(yaml.safe_dump(values))
+    assert cli.main(["backbone-train", str(config)]) == 2
+    assert message in capsys.readouterr().err
