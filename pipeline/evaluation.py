@@ -1,6 +1,7 @@
-"""Retrieval (and zero-shot) metrics of a trained head run, or of a cache's raw embeddings.
+"""Retrieval (and zero-shot) metrics of a trained head or backbone run, or of a cache's raw embeddings.
 
-A run directory written by `xalign train` holds `best.pt` (loaded without unpickling) and its config;
+A run directory written by `xalign train` or `xalign backbone-train` holds `best.pt` (loaded without
+unpickling) and its config;
 `evaluate_run` embeds a split of its cache (or of another cache of the same backbones) through the
 heads in fp32 (token heads read the split's tokens; a cross encoder re-ranks the top K of its own
 dual features or of another run's), refusing data the run was not trained on (`pipeline.provenance`); `evaluate_cache`
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from encoding.errors import BadInput
 from encoding.runtime import resolve_device
 from pipeline import provenance
+from pipeline.backbone.evaluation import backbone_config, is_backbone_checkpoint, restored_trainer
 from pipeline.config import from_dict, read_yaml_mapping
 from pipeline.data import SplitTensors, load_splits
 from pipeline.heads import takes_tokens
@@ -81,7 +83,12 @@ def evaluate_run(
     Refused (`BadInput`): the run's cache changed since training, its split was re-made (unless
     `allow_new_split`), or `cache_dir` holds embeddings of other backbones.
     """
-    config, model, dims = load_run(run_dir, checkpoint)
+    path = Path(run_dir) / checkpoint
+    state = load_checkpoint(path) if path.is_file() else {}
+    if is_backbone_checkpoint(state):
+        config, model, dims = backbone_config(state, path), None, None
+    else:
+        config, model, dims = load_run(run_dir, checkpoint)
     data_dir = cache_dir or run_cache(run_dir, config)
     current = provenance.describe(data_dir, config)
     trained = provenance.recorded(run_dir)
@@ -89,6 +96,10 @@ def evaluate_run(
         print(f"warning: {run_dir} records no provenance (an older run); its cache and split are not checked")
     else:
         current = provenance.check_evaluation(run_dir, trained, current, cache_dir is not None, allow_new_split)
+    if model is None:
+        bound = current if trained is None else trained
+        metrics = backbone_metrics(run_dir, path, state, data_dir, split, bound, rerank, ks, device, zeroshot, verify)
+        return {"split": split, **metrics, "provenance": current}
     is_cross = config.model.scores_pairs
     if not is_cross and (rerank.run is not None or rerank.k is not None):
         raise BadInput(
@@ -131,21 +142,60 @@ def rerank_metrics(run_dir, config, model, data: SplitTensors, trained: dict, re
     k = config.model.rerank_k if rerank.k is None else rerank.k
     metrics = {}
     if rerank.run is not None:
-        dual_config, dual_model, dual_dims = load_run(rerank.run)
-        if dual_config.model.scores_pairs:
-            raise BadInput(f"--rerank-with {rerank.run}: a cross_encoder run; give a dual-encoder run to re-rank")
-        dual = provenance.recorded(rerank.run)
-        for key in ("cache_fingerprint", "splits_fingerprint"):
-            if dual is None or dual.get(key) != trained.get(key):
-                raise BadInput(
-                    f"--rerank-with {rerank.run}: trained on another cache or split than {run_dir} "
-                    f"({key} {str((dual or {}).get(key))[:12]} vs {str(trained.get(key))[:12]}); both runs must "
-                    "share one cache and split"
-                )
-        image, text = run_embeddings(dual_config, dual_model.to(image.device), dual_dims, data, image.device)
-        metrics["rerank_with"] = {"run": str(Path(rerank.run).resolve()), "provenance": dual}
+        image, text, metrics["rerank_with"] = dual_embeddings(rerank.run, run_dir, trained, data, image.device)
     scorer = match_scorer(model, token_source(data, config.data.stream), image.device)
     return {**reranked_metrics(image, text, data.caption_image_index, k, scorer, ks), **metrics}
+
+
+def dual_embeddings(dual_run: Path, run_dir: Path, trained: dict, data: SplitTensors, device) -> tuple:
+    """(N, D) image and (M, D) caption embeddings of `data` by the dual run `dual_run` (a head or backbone run
+    trained on the cache and split `run_dir` was `trained` on), and what to record of it."""
+    path = Path(dual_run) / "best.pt"
+    state = load_checkpoint(path) if path.is_file() else {}
+    if is_backbone_checkpoint(state):
+        pairs = backbone_config(state, path).model.fusion is not None
+    else:
+        dual_config, dual_model, dual_dims = load_run(dual_run)
+        pairs = dual_config.model.scores_pairs
+    if pairs:
+        raise BadInput(f"--rerank-with {dual_run}: a run that scores pairs; give a dual-encoder run to re-rank")
+    dual = provenance.recorded(dual_run)
+    for key in ("cache_fingerprint", "splits_fingerprint"):
+        if dual is None or dual.get(key) != trained.get(key):
+            raise BadInput(
+                f"--rerank-with {dual_run}: trained on another cache or split than {run_dir} "
+                f"({key} {str((dual or {}).get(key))[:12]} vs {str(trained.get(key))[:12]}); both runs must "
+                "share one cache and split"
+            )
+    if is_backbone_checkpoint(state):
+        image, text = restored_trainer(state, path, data, str(device)).embed(data)
+    else:
+        image, text = run_embeddings(dual_config, dual_model.to(device), dual_dims, data.to(device), device)
+    return image.to(device), text.to(device), {"run": str(Path(dual_run).resolve()), "provenance": dual}
+
+
+def backbone_metrics(run_dir, path, state, data_dir, split, trained, rerank: Rerank, ks, device, zeroshot, verify):
+    """Metrics of a backbone run (its checkpoint `state`, read from `path`) on `split`; a run with fusion layers
+    re-ranks the top K of its own dual towers, or of `rerank.run`, with its match logits."""
+    config = backbone_config(state, path)
+    fusion = config.model.fusion
+    if fusion is None and (rerank.run is not None or rerank.k is not None):
+        raise BadInput(
+            f"--rerank-with/--rerank-k: {run_dir} has no fusion layers; re-ranking takes a run that scores pairs"
+        )
+    if zeroshot is not None:
+        raise BadInput(f"--zeroshot: {run_dir} is a backbone run; zero-shot classification takes head runs")
+    data = load_splits(data_dir, [split], verify=verify)[split]
+    trainer = restored_trainer(state, path, data, device)
+    image, text = trainer.embed(data)
+    index = data.caption_image_index.to(image.device)
+    if fusion is None:
+        return retrieval_metrics(image, text, index, ks)
+    metrics = {}
+    if rerank.run is not None:
+        image, text, metrics["rerank_with"] = dual_embeddings(rerank.run, run_dir, trained, data, image.device)
+    k = fusion.rerank_k if rerank.k is None else rerank.k
+    return {**reranked_metrics(image, text, index, k, trainer.scorer(data), ks), **metrics}
 
 
 def evaluate_cache(
@@ -175,8 +225,8 @@ def default_run_output(run_dir: Path, split: str, cache_dir: Path | None) -> str
     """`metrics.json` for the run's own test split (what `xalign train` wrote), else a name that says what it is."""
     config_file = Path(run_dir) / "config.yaml"
     test_split = "test"
-    if config_file.is_file():
-        test_split = from_dict(read_yaml_mapping(config_file, "run config")).data.test_split
+    if config_file.is_file():  # a head or backbone run's resolved config: data.test_split is set
+        test_split = read_yaml_mapping(config_file, "run config").get("data", {}).get("test_split", "test")
     if cache_dir is None:
         return "metrics.json" if split == test_split else f"metrics-{split}.json"
     return f"metrics-{Path(cache_dir).name}-{split}.json"

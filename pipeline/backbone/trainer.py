@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from encoding.backbones.image_encoder import CHECKPOINT_FORMAT, ImageEncoder, eval_transform
+from encoding.backbones.image_encoder import CHECKPOINT_FORMAT, ImageEncoder, build_image_encoder, eval_transform
 from encoding.errors import BadInput
 from encoding.runtime import autocast
 from pipeline import losses
@@ -32,7 +32,13 @@ def lock_trunk(encoder: ImageEncoder, trainable: str) -> list[torch.nn.Module]:
 
 
 class BackboneTrainer(Trainer):
-    """Trains `config`'s image encoder on the `train` split against its caption embeddings; validates on `val`."""
+    """Trains `config`'s image encoder on the `train` split against its caption embeddings; validates on `val`.
+
+    `restored` (a checkpoint dict, set on a subclass by `pipeline.backbone.evaluation`) rebuilds the towers
+    from the checkpoint's architectures instead of the config (no pretrained weights, no model directories).
+    """
+
+    restored: dict | None = None
 
     def build(self):
         if self.world > 1:
@@ -52,10 +58,17 @@ class BackboneTrainer(Trainer):
                 f"config key 'model.output_dim': {m.output_dim}, but the frozen caption embeddings of "
                 f"{self.config.data.cache} are {text_dim}-d; leave it out (or train a text tower: model.text)"
             )
-        self.architecture = self.config.architecture(output_dim=text_dim)
-        encoder = ImageEncoder(**self.architecture)
+        encoder = self.image_encoder_of(text_dim)
         self.locked = lock_trunk(encoder, m.trainable)
         return encoder
+
+    def image_encoder_of(self, output_dim: int) -> ImageEncoder:
+        """The config's image encoder (its pretrained weights, if any), or the `restored` checkpoint's architecture."""
+        if self.restored is not None:
+            self.architecture = self.restored["architecture"]
+            return build_image_encoder(**self.architecture)
+        self.architecture = self.config.architecture(output_dim=output_dim)
+        return ImageEncoder(**self.architecture)
 
     def train_mode(self) -> None:
         """Training mode, with the locked modules kept in eval mode."""

@@ -47,11 +47,13 @@ class TwoTowerTrainer(BackboneTrainer):
     def build_model(self) -> nn.Module:
         m = self.config.model
         output_dim = m.output_dim or DEFAULT_DIM
-        self.architecture = self.config.architecture(output_dim=output_dim)
-        self.text_architecture = resolve_text_architecture(m.text.tower(), output_dim)
+        image = self.image_encoder_of(output_dim)
+        if self.restored is not None:
+            self.text_architecture = self.restored["text_architecture"]
+        else:
+            self.text_architecture = resolve_text_architecture(m.text.tower(), output_dim)
         self.tokenize = text_tokenizer(self.text_architecture)
-        image = ImageEncoder(**self.architecture)
-        text = build_text_encoder(self.text_architecture, pretrained=True)
+        text = build_text_encoder(self.text_architecture, pretrained=self.restored is None)
         text.tower.checkpointing(m.text.checkpointing)
         tower, layers = text.tower, trainable_layers(m.text.trainable, "model.text.trainable")
         self.locked = lock_trunk(image, m.trainable) + lock(

@@ -5,8 +5,10 @@
 of backbones that share an embedding space (image and text dims must be equal; cosine scores).
 `RUN_DIR --cache DIR` evaluates the run's heads on another cache with the same backbones.
 `--zeroshot` adds top-1/top-5 classification from class-name prompts (caches with labels).
-A cross_encoder run re-ranks its own dual top K; `--rerank-with DUAL_RUN [--rerank-k K]` re-ranks the
-top K of another run of the same cache and split instead (→ `RUN_DIR/metrics-rerank-<DUAL>[-k<K>].json`;
+A `xalign backbone-train` run embeds the split's images (and caption texts, two-tower) with its towers.
+A cross_encoder run, or a backbone run with fusion layers, re-ranks its own dual top K; `--rerank-with
+DUAL_RUN [--rerank-k K]` re-ranks the top K of another dual run (head or backbone) of the same cache
+and split instead (→ `RUN_DIR/metrics-rerank-<DUAL>[-k<K>].json`;
 `--rerank-k K` alone → `metrics-rerank-k<K>.json`).
 """
 
@@ -32,7 +34,7 @@ def parse_ks(text: str) -> tuple[int, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xalign evaluate", description=__doc__)
-    p.add_argument("run_dir", nargs="?", type=Path, help="a run directory written by `xalign train`")
+    p.add_argument("run_dir", nargs="?", type=Path, help="a run directory of `xalign train` or `backbone-train`")
     p.add_argument("--cache", type=Path, help="a cache: its raw embeddings alone, or the data for RUN_DIR's heads")
     p.add_argument("--split", default="test", help="a split of splits.json, or 'all'")
     p.add_argument("--out", type=Path, help="metrics JSON file")

@@ -300,3 +300,35 @@ def test_fusion_and_its_loss_go_together(demo_cache, tmp_path, monkeypatch, caps
     config.write_text(yaml.safe_dump(values))
     assert cli.main(["backbone-train", str(config)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_evaluate_rebuilds_backbone_runs_and_reranks_a_dual_run_with_the_fusion_layers(
+    demo_cache, tmp_path, monkeypatch, capsys
+):
+    """`xalign evaluate` on backbone runs equals their own test metrics; a fused run re-ranks the top K of
+    a two-tower dual run of the same cache and split (`--rerank-with`), and nothing else."""
+    monkeypatch.chdir(tmp_path)
+    dual = write_config(tmp_path / "d.yaml", demo_cache, two_tower(SCRATCH), name="dual")
+    fused = write_config(
+        tmp_path / "f.yaml", demo_cache, two_tower(SCRATCH, fusion=FUSION), name="fused", loss={"type": "itm"}
+    )
+    assert backbone_train.main([str(dual)]) == 0 and backbone_train.main([str(fused)]) == 0
+    for name in ("dual", "fused"):
+        trained = json.loads((run_dir(tmp_path, name) / "metrics.json").read_text())
+        out = tmp_path / f"{name}.json"
+        assert cli.main(["evaluate", str(run_dir(tmp_path, name)), "--out", str(out)]) == 0
+        assert json.loads(out.read_text())["rsum"] == pytest.approx(trained["rsum"], abs=1e-6)
+    argv = ["evaluate", str(run_dir(tmp_path, "fused")), "--rerank-with", str(run_dir(tmp_path, "dual"))]
+    assert cli.main([*argv, "--rerank-k", "3"]) == 0
+    reranked = json.loads((run_dir(tmp_path, "fused") / "metrics-rerank-dual-k3.json").read_text())
+    dual_metrics = json.loads((run_dir(tmp_path, "dual") / "metrics.json").read_text())
+    assert reranked["rerank_k"] == 3 and reranked["rerank_with"]["run"].endswith("dual")
+    for direction in ("i2t", "t2i"):  # beyond the top 3 the dual run's ranking stands
+        assert reranked[direction]["R@5"] == dual_metrics[direction]["R@5"]
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(run_dir(tmp_path, "dual")), "--rerank-k", "3"]) == 2
+    assert "has no fusion layers" in capsys.readouterr().err
+    assert (
+        cli.main(["evaluate", str(run_dir(tmp_path, "fused")), "--rerank-with", str(run_dir(tmp_path, "fused"))]) == 2
+    )
+    assert "a run that scores pairs; give a dual-encoder run" in capsys.readouterr().err
