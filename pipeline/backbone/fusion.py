@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoding.backbones.image_encoder import ImageEncoder
+from encoding.errors import BadInput
 from encoding.runtime import autocast
 from pipeline.backbone.data import Captions
 from pipeline.backbone.two_tower import TwoTower, TwoTowerTrainer
@@ -54,6 +55,8 @@ class FusedTwoTowerTrainer(TwoTowerTrainer):
     """Two towers and their fusion layers, trained with `itm`; evaluated by re-ranking the dual top K."""
 
     def assemble(self, image: ImageEncoder, text: nn.Module) -> nn.Module:
+        if self.world > 1:
+            raise BadInput("config key 'model.fusion': trains in one process (hard negatives per batch); no torchrun")
         self.mining = self.mining_generator(0)
         self.split_tokens = None  # (image ids, image tokens, caption tokens, caption masks) of the last `embed`
         return FusedTwoTower(image, text, self.config.model.fusion)

@@ -1,5 +1,9 @@
 """Backbone training: an image encoder + loss against frozen caption embeddings, on the one training loop.
 
+Under torchrun each rank decodes its 1/W share of every global batch (`training.batch_size`), the
+model runs under DDP with summed gradients, and the loss sees the features gathered from all ranks, so
+a step equals the single-process step on the global batch (BatchNorm statistics stay per rank).
+
 Each epoch draws its (image, caption) pairs from the same `EpochSampler` as head training; DataLoader
 workers decode and augment the images. Validation embeds un-augmented images. `best.pt` holds the
 encoder and its architecture (what `xalign encode --image-model PATH` loads); `last.pt` adds the
@@ -21,6 +25,7 @@ from pipeline.backbone.data import SplitImages, image_loader, train_transform
 from pipeline.backbone.freezing import lock, trunk_blocks
 from pipeline.data import EpochSampler, SplitTensors
 from pipeline.training.checkpoint import load_weights
+from pipeline.training.distributed import gather_features, summing_ddp
 from pipeline.training.loop import Trainer
 
 
@@ -41,14 +46,16 @@ class BackboneTrainer(Trainer):
     restored: dict | None = None
 
     def build(self):
-        if self.world > 1:
-            raise BadInput("backbone-train runs in one process; start it without torchrun")
         config, t = self.config, self.config.training
+        if t.batch_size % self.world:
+            raise BadInput(f"training.batch_size {t.batch_size} must divide by the {self.world} torchrun processes")
         self.train_images = SplitImages(self.train.image_paths, train_transform(config.model, config.augment), t.seed)
         self.sampler = EpochSampler(
             self.train.caption_image_index, len(self.train.image_paths), t.epoch_sampling, t.seed, "cpu"
         )
-        return self.build_model().to(self.device), losses.build_from(config.loss, config.model.learnable_temp)
+        model = self.build_model().to(self.device)
+        self.forward = summing_ddp(model, self.device) if self.world > 1 else model  # what a training step runs
+        return model, losses.build_from(config.loss, config.model.learnable_temp)
 
     def build_model(self) -> torch.nn.Module:
         """The image encoder, projecting into the cache's caption space (its trunk locked per model.trainable)."""
@@ -87,9 +94,18 @@ class BackboneTrainer(Trainer):
     def epoch_batches(self, epoch: int) -> Iterator:
         """The epoch's micro-batches (`pair_batches` of the sampler's order)."""
         batch = self.config.training.batch_size
-        rows, captions = self.sampler.order(epoch)
+        rows, captions = self.rank_share(*self.sampler.order(epoch), batch)
         self.train_images.epoch = epoch
-        return self.pair_batches(rows, captions, batch, len(rows) >= batch)
+        share = batch // self.world
+        return self.pair_batches(rows, captions, share, len(rows) >= share)
+
+    def rank_share(self, rows: torch.Tensor, captions: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's 1/W share of every global batch of `batch` pairs (everything in one process)."""
+        if self.world == 1:
+            return rows, captions
+        share = batch // self.world
+        mine = torch.arange(len(rows) - len(rows) % batch).view(-1, self.world, share)[:, self.rank].reshape(-1)
+        return rows[mine], captions[mine]
 
     def pair_batches(self, rows, captions, batch: int, drop_last: bool) -> Iterator:
         """Micro-batches of ((B, 3, H, W) pixels, (B, D_txt) caption embeddings, (B,) image rows) of the
@@ -101,9 +117,10 @@ class BackboneTrainer(Trainer):
         """Loss of (B, 3, H, W) pixels against (B, D_txt) frozen caption embeddings."""
         pixels, captions, rows = batch
         with autocast(self.device, self.precision):
-            image_features = self.model(pixels.to(self.device, non_blocking=True))
+            image_features = self.forward(pixels.to(self.device, non_blocking=True))
         text_features = F.normalize(captions.to(self.device).float(), dim=-1)
-        return self.loss(F.normalize(image_features.float(), dim=-1), text_features, rows.to(self.device))
+        image_features = F.normalize(image_features.float(), dim=-1)
+        return self.loss(*(gather_features(x) for x in (image_features, text_features, rows.to(self.device))))
 
     @torch.no_grad()
     def embed_images(self, paths) -> torch.Tensor:

@@ -24,6 +24,7 @@ from pipeline.backbone.freezing import lock
 from pipeline.backbone.trainer import BackboneTrainer, lock_trunk
 from pipeline.data import SplitTensors
 from pipeline.training.checkpoint import load_weights
+from pipeline.training.distributed import gather_features
 from pipeline.training.loop import TIMED_QUERIES
 
 DEFAULT_DIM = 512  # the shared embedding width when model.output_dim is left out
@@ -79,8 +80,9 @@ class TwoTowerTrainer(BackboneTrainer):
     def batch_loss(self, batch) -> torch.Tensor:
         rows, pixels, ids, mask = (x.to(self.device, non_blocking=True) for x in batch)
         with autocast(self.device, self.precision):
-            image, text = self.model(pixels, ids, mask)
-        return self.loss(F.normalize(image.float(), dim=-1), F.normalize(text.float(), dim=-1), rows)
+            image, text = self.forward(pixels, ids, mask)
+        image, text = F.normalize(image.float(), dim=-1), F.normalize(text.float(), dim=-1)
+        return self.loss(*(gather_features(x) for x in (image, text, rows)))
 
     @torch.no_grad()
     def embed_texts(self, texts) -> torch.Tensor:

@@ -45,6 +45,8 @@ def main(argv=None) -> int:
         return 0
     with writing_run(config.name, args.resume, args.overwrite) as out_dir, naming_config(args.config):
         run = train_run(trainer_class(config), config, out_dir, args.resume, args.verify)
+    if run.metrics is None:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     result = run.result
     print(
         f"{config.name}: best val rsum {result.best_rsum:.1f} at epoch {result.best_epoch + 1} "

@@ -2,6 +2,9 @@
 locks what it should, and its checkpoint encodes both towers into a cache with the run's own metrics."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -332,3 +335,34 @@ def test_evaluate_rebuilds_backbone_runs_and_reranks_a_dual_run_with_the_fusion_
         cli.main(["evaluate", str(run_dir(tmp_path, "fused")), "--rerank-with", str(run_dir(tmp_path, "fused"))]) == 2
     )
     assert "a run that scores pairs; give a dual-encoder run" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_train_like_one_process(demo_cache, tmp_path):
+    """2 CPU ranks (gloo), each decoding and tokenising half of the global batch, with features gathered for
+    the loss and gradients summed, see the single process's losses and end with its weights (to Adam's
+    noise floor: its first update is lr·g/|g|, so near-zero gradients turn summation-order noise into ~lr/100)."""
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    model = two_tower(SCRATCH)
+    weights = {}
+    for name, prefix in (
+        ("single", [sys.executable]),
+        ("ranks", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]),
+    ):
+        config = write_config(tmp_path / f"{name}.yaml", demo_cache, model, name=name, batch_size=56, num_epochs=2)
+        done = subprocess.run(
+            [*prefix, "-m", "pipeline.cli", "backbone-train", str(config)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        weights[name] = torch.load(run_dir(tmp_path, name) / "last.pt", weights_only=True)
+    losses = [[r["train_loss"] for r in weights[name]["history"]] for name in ("single", "ranks")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    for part in ("encoder", "text_encoder"):
+        for key, value in weights["single"][part].items():
+            torch.testing.assert_close(weights["ranks"][part][key], value, rtol=1e-3, atol=1e-4, msg=(part, key))
