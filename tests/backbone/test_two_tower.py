@@ -173,13 +173,18 @@ def test_bad_text_towers_exit_2_naming_the_key(
     assert not (tmp_path / "results" / "tiny" / "last.pt").exists()
 
 
-def test_a_frozen_text_run_cannot_change_the_shared_width_or_encode_text(demo_cache, tmp_path, monkeypatch, capsys):
+def test_a_frozen_text_run_evaluates_but_cannot_change_the_shared_width_or_encode_text(
+    demo_cache, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     config = write_config(tmp_path / "c.yaml", demo_cache, {**TINY_VIT, "output_dim": 16})
     assert cli.main(["backbone-train", str(config)]) == 2
     assert "'model.output_dim': 16, but the frozen caption embeddings" in capsys.readouterr().err
     config = write_config(tmp_path / "c.yaml", demo_cache, TINY_VIT)
     assert cli.main(["backbone-train", str(config)]) == 0
+    trained = json.loads((run_dir(tmp_path) / "metrics.json").read_text())
+    assert cli.main(["evaluate", str(run_dir(tmp_path)), "--out", str(tmp_path / "again.json")]) == 0
+    assert json.loads((tmp_path / "again.json").read_text())["rsum"] == pytest.approx(trained["rsum"], abs=1e-6)
     checkpoint = str(run_dir(tmp_path) / "best.pt")
     root = cache.read_metadata(demo_cache)["dataset"]["root"]
     argv = ["encode", "--dataset", "demo", "--root", root, "--out", str(tmp_path / "enc"), "--image-model", checkpoint]
@@ -366,3 +371,26 @@ def test_torchrun_two_ranks_train_like_one_process(demo_cache, tmp_path):
     for part in ("encoder", "text_encoder"):
         for key, value in weights["single"][part].items():
             torch.testing.assert_close(weights["ranks"][part][key], value, rtol=1e-3, atol=1e-4, msg=(part, key))
+
+
+def test_the_step_benchmark_feeds_two_towers_tokenised_in_the_workers(demo_cache, tmp_path, capsys):
+    config = write_config(tmp_path / "c.yaml", demo_cache, two_tower(SCRATCH), data={"num_workers": 2})
+    assert backbone_train.main([str(config), "--bench", "--bench-steps", "2"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["text"] == "clip" and result["num_workers"] == 2 and result["batch_size"] == 8
+    assert result["step_images_per_s"] > 0 and result["loader_images_per_s"] > 0 and result["pipeline_vs_step"] > 0
+
+
+@pytest.mark.parametrize("tower", ["scratch", "distilbert"])
+def test_activation_checkpointing_trains_the_same_weights(demo_cache, tmp_path, monkeypatch, request, tower):
+    """`model.text.checkpointing` recomputes the text layers in the backward pass: same gradients, less memory."""
+    text = SCRATCH if tower == "scratch" else hf_text(request.getfixturevalue("distilbert"), pretrained=False)
+    monkeypatch.chdir(tmp_path)
+    for name, checkpointing in (("plain", False), ("recomputed", True)):
+        model = two_tower({**text, "checkpointing": checkpointing})
+        assert backbone_train.main([str(write_config(tmp_path / f"{name}.yaml", demo_cache, model, name=name))]) == 0
+    plain, recomputed = (
+        torch.load(run_dir(tmp_path, n) / "last.pt", weights_only=True) for n in ("plain", "recomputed")
+    )
+    for key, value in plain["text_encoder"].items():
+        torch.testing.assert_close(recomputed["text_encoder"][key], value, rtol=1e-5, atol=1e-6, msg=key)
