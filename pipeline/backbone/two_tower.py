@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoding.backbones.image_encoder import CHECKPOINT_FORMAT, ImageEncoder
-from encoding.backbones.text_encoder import build_text_encoder, resolve_text_architecture, text_tokenizer
+from encoding.backbones.text_architecture import resolve_text_architecture
+from encoding.backbones.text_encoder import build_text_encoder, text_tokenizer
 from encoding.runtime import autocast
 from pipeline.backbone.config import trainable_layers
 from pipeline.backbone.data import Captions, PairImages, pair_loader

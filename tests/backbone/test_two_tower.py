@@ -14,7 +14,8 @@ from backbone_configs import TINY_VIT, one_torch_thread, straight_and_resumed, w
 from text_towers import SCRATCH, hf_text, tiny_distilbert, tiny_longformer
 
 from encoding import cache
-from encoding.backbones.text_encoder import build_text_encoder, resolve_text_architecture, text_tokenizer
+from encoding.backbones.text_architecture import resolve_text_architecture
+from encoding.backbones.text_encoder import build_text_encoder, text_tokenizer
 from encoding.commands import split
 from encoding.errors import BadInput
 from pipeline import cli
