@@ -93,10 +93,12 @@ RANGES: dict[str, Range] = {
     "color_jitter": NON_NEGATIVE,
     "rotation": Range(0, 180),
     "crop_scale": Range(0, 1, low_open=True),
+    "max_length": Range(2),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "epoch_sampling": ("image", "caption"),
     "precision": ("auto", "fp32", "fp16", "bf16"),
+    "attention": ("self", "sparse"),
 }
 
 

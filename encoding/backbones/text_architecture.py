@@ -77,19 +77,16 @@ def _position_limit(library: str, architecture: dict) -> int | None:
 
 
 def resolve_text_architecture(values: dict, output_dim: int) -> dict:
-    """The architecture dict of validated `model.text` values (library, arch, pretrained, attention, pooling,
-    max_length, options), or BadInput naming the key and its choices."""
+    """The architecture dict of `model.text` values (library, arch, pretrained, tokenizer, attention, pooling,
+    max_length, options; types, `attention` and the `max_length` range already checked at config load), or
+    BadInput naming the key and its choices."""
     library = values["library"]
     TEXT_TOWERS.get(library, key="model.text.library")
     attention, pooling = values["attention"], values["pooling"]
-    if attention not in ("self", "sparse"):
-        raise BadInput(f"{KEY}.attention': unknown attention '{attention}'; choose one of: self, sparse")
     poolings = ("cls", "mean") if library == "hf" else ("eos",)
     pooling = pooling or poolings[0]
     if pooling not in poolings:
         raise BadInput(f"{KEY}.pooling': library '{library}' pools by {', '.join(poolings)}, not '{pooling}'")
-    if values["max_length"] < 2:
-        raise BadInput(f"{KEY}.max_length': expected at least 2 tokens, got {values['max_length']}")
     architecture = {**values, "pooling": pooling, "output_dim": output_dim}
     if library == "scratch" and values["arch"] != "clip":
         raise BadInput(

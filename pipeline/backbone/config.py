@@ -130,8 +130,6 @@ def _check_model(config: BackboneConfig) -> None:
     trainable_layers(m.trainable, "model.trainable")
     if m.text is not None:
         trainable_layers(m.text.trainable, "model.text.trainable")
-        if m.text.max_length < 2:
-            raise BadInput(f"config key 'model.text.max_length': expected at least 2, got {m.text.max_length}")
     if m.fusion is not None and m.text is None:
         raise BadInput("config key 'model.fusion': reads a text tower's hidden states; add model.text")
     if m.fusion is not None and m.fusion.hidden_dim % m.fusion.num_heads:

@@ -136,7 +136,7 @@ def tokenizer_less_copy(folder, tmp_path):
     [
         ({"library": "gensim"}, {}, "model.text.library: unknown text library 'gensim'; choose one of: hf, open_clip"),
         ({**SCRATCH, "arch": "gpt"}, {}, "'model.text.arch': library 'scratch' builds 'clip'"),
-        ({**SCRATCH, "attention": "local"}, {}, "'model.text.attention': unknown attention 'local'; choose one of"),
+        ({**SCRATCH, "attention": "local"}, {}, "'model.text.attention': 'local' is not one of self, sparse"),
         ({**SCRATCH, "attention": "sparse"}, {}, "attends densely; sparse needs an hf model of type longformer"),
         ({**SCRATCH, "pooling": "mean"}, {}, "'model.text.pooling': library 'scratch' pools by eos"),
         ({**SCRATCH, "options": {"depth": 2}}, {}, "'model.text.options.depth': scratch takes width, heads, layers"),

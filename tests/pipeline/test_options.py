@@ -76,7 +76,9 @@ def _all_fields():
     while sections:
         cls = sections.pop()
         classes.append(cls)
-        sections += [h for h in typing.get_type_hints(cls).values() if dataclasses.is_dataclass(h)]
+        hints = typing.get_type_hints(cls).values()
+        sections += [h for h in hints if dataclasses.is_dataclass(h)]
+        sections += [schema.optional_section(h) for h in hints if schema.optional_section(h) is not None]
     for cls in classes:
         for f in dataclasses.fields(cls):
             yield cls, f.name, typing.get_type_hints(cls)[f.name]
@@ -84,11 +86,12 @@ def _all_fields():
 
 def test_every_numeric_field_has_a_range_and_every_string_field_a_vocabulary_or_free_text():
     free_text = {"name", "cache", "train_split", "val_split", "test_split", "device", "library", "arch", "weights"}
+    free_text |= {"tokenizer", "pooling", "trainable"}  # a dir or hub name; registry names; a checked pattern
     for cls, name, hint in _all_fields():
         if hint in (int, float) or hint == int | None:
             assert name in schema.RANGES, f"{cls.__name__}.{name} has no range"
-        elif hint is str and name != "type":
-            assert name in schema.CHOICES or name in free_text or name == "pooling", f"{cls.__name__}.{name}"
+        elif hint in (str, str | None) and name != "type":
+            assert name in schema.CHOICES or name in free_text, f"{cls.__name__}.{name}"
 
 
 @pytest.mark.parametrize(

@@ -144,7 +144,7 @@ def test_rerank_refusals(token_cache, tmp_path, monkeypatch, capsys):
     results = tmp_path / "results"
     cases = [
         (["evaluate", str(results / "cross"), "--rerank-with", str(results / "elsewhere")], "another cache or split"),
-        (["evaluate", str(results / "cross"), "--rerank-with", str(results / "cross")], "a cross_encoder run"),
+        (["evaluate", str(results / "cross"), "--rerank-with", str(results / "cross")], "a run that scores pairs"),
         (["evaluate", str(results / "dual"), "--rerank-with", str(results / "dual")], "takes a cross_encoder run"),
         (["evaluate", str(results / "cross"), "--rerank-k", "0"], "--rerank-k 0"),
     ]
