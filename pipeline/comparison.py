@@ -1,10 +1,11 @@
 """Rows of finished runs for `xalign compare`: what produced each number, the numbers, their cost.
 
 Each row: the run's data and backbones (metrics.json `provenance`: dataset kind, cache directory name,
-image and text backbone specs), key settings (config.yaml: head, loss, output dim, learning rate,
-batch size), the evaluated split and its gallery size (`num_images`/`num_captions`), the test metrics
-and the cost side (run_info.json: trainable parameters, training wall time, inference time per 1,000
-queries, peak memory). A run without provenance (older runs) has empty cells there, never guesses.
+image and text backbone specs; for a backbone run, the towers it trained), key settings (config.yaml:
+head, loss, output dim, learning rate, batch size), the evaluated split and its gallery size
+(`num_images`/`num_captions`), the test metrics and the cost side (run_info.json: trainable parameters,
+training wall time, inference time per 1,000 queries, peak memory). A run without provenance (older
+runs) has empty cells there, never guesses.
 
 Order: best rsum first, except that a run whose test gallery has fewer than `TINY_GALLERY` images is
 ranked after every run with a real gallery (then by rsum among themselves). Recall at K over a few
@@ -68,8 +69,8 @@ def _metric(name: str, *keys: str) -> Column:
 COLUMNS = [
     Column("dataset", "metrics", ("provenance", "dataset", "kind")),
     Column("cache", "metrics", ("provenance", "cache"), then=_dir_name),
-    Column("image backbone", "metrics", ("provenance", "image_model", "spec")),
-    Column("text backbone", "metrics", ("provenance", "text_model", "spec")),
+    Column("image backbone", "towers", ("image",)),
+    Column("text backbone", "towers", ("text",)),
     Column("head", "config", ("model", "type")),
     Column("loss", "config", ("loss", "type")),
     Column("output_dim", "config", ("model", "output_dim")),
@@ -143,7 +144,22 @@ def read_run(path: Path) -> dict | None:
         return None
     name = run_dir.name if metrics.name == FILES["metrics"] else f"{run_dir.name} ({metrics.stem})"
     files = {**{key: run_dir / file for key, file in FILES.items()}, "metrics": metrics}
-    return {"run": name, "dir": run_dir, **{key: _load(file) for key, file in files.items()}}
+    run = {"run": name, "dir": run_dir, **{key: _load(file) for key, file in files.items()}}
+    return {**run, "towers": towers(run["config"], run["metrics"])}
+
+
+def towers(config: dict, metrics: dict) -> dict:
+    """{'image', 'text'}: the cache's backbone specs (a head run), or the towers a backbone run trained
+    (`trained LIBRARY:ARCH`; its text side is the cache's frozen text backbone without `model.text`)."""
+    cache = {side: _lookup(metrics, ("provenance", f"{side}_model", "spec")) for side in ("image", "text")}
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    if "library" not in model:
+        return cache
+    text = model.get("text")
+    return {
+        "image": f"trained {model['library']}:{model.get('arch')}",
+        "text": f"trained {text.get('library')}:{text.get('arch')}" if isinstance(text, dict) else cache["text"],
+    }
 
 
 def value(run: dict, column: Column):
@@ -153,7 +169,7 @@ def value(run: dict, column: Column):
         return None
     numeric = column.fmt != "{}"
     if numeric and (isinstance(found, bool) or not isinstance(found, Real)):
-        where = run["dir"] / FILES[column.source]
+        where = run["dir"] / FILES.get(column.source, FILES["metrics"])
         raise BadInput(f"{where}: {'.'.join(column.keys)} is {found!r}, not a number")
     return column.then(found) if column.then else found
 

@@ -210,3 +210,14 @@ def test_a_metrics_file_that_is_not_a_mapping_is_bad_input(tmp_path, capsys):
 )
 def test_run_label(names, label):
     assert run_label(names) == label
+
+
+def test_backbone_runs_show_the_towers_they_trained_not_the_caches_backbones():
+    from pipeline.comparison import towers
+
+    metrics = {"provenance": {"image_model": {"spec": "timm:resnet18"}, "text_model": {"spec": "st:minilm"}}}
+    assert towers({"model": {"type": "mlp"}}, metrics) == {"image": "timm:resnet18", "text": "st:minilm"}
+    frozen_text = {"model": {"library": "timm", "arch": "vit_tiny_patch16_224"}}
+    assert towers(frozen_text, metrics) == {"image": "trained timm:vit_tiny_patch16_224", "text": "st:minilm"}
+    two_tower = {"model": {"library": "timm", "arch": "resnet18", "text": {"library": "hf", "arch": "distilbert"}}}
+    assert towers(two_tower, metrics) == {"image": "trained timm:resnet18", "text": "trained hf:distilbert"}
