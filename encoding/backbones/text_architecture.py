@@ -52,13 +52,18 @@ def _hf_parts(arch: str, pretrained: bool, options: dict, tokenizer_name: str | 
         tokenizer = AutoTokenizer.from_pretrained(where)
     except (OSError, ValueError, TypeError) as err:
         raise BadInput(f"{KEY}.{key}': no tokenizer in '{where}' ({err})") from err
+    if tokenizer.pad_token is None:
+        raise BadInput(f"{KEY}.{key}': the tokenizer in '{where}' has no padding token; captions are batched padded")
     if len(tokenizer) > config.vocab_size:
         raise BadInput(
             f"{KEY}.{key}': the tokenizer in '{where}' has {len(tokenizer)} tokens, the model only {config.vocab_size}"
         )
     with tempfile.TemporaryDirectory() as folder:
         tokenizer.save_pretrained(folder)
-        files = {p.name: p.read_text() for p in Path(folder).iterdir() if p.is_file()}
+        try:
+            files = {p.name: p.read_text() for p in Path(folder).iterdir() if p.is_file()}
+        except UnicodeDecodeError as err:
+            raise BadInput(f"{KEY}.{key}': '{where}' saves binary tokenizer files; use a fast tokenizer") from err
     return json.loads(config.to_json_string()), files
 
 
@@ -71,8 +76,13 @@ def _position_limit(library: str, architecture: dict) -> int | None:
         import open_clip
 
         arch = architecture["arch"].partition("@")[0]
-        config = open_clip.get_model_config(arch) or {}
-        return config.get("text_cfg", {}).get("context_length", 77)
+        text = (open_clip.get_model_config(arch) or {}).get("text_cfg", {})
+        if text.get("hf_tokenizer_name"):
+            raise BadInput(
+                f"{KEY}.arch': open_clip '{arch}' takes its tokenizer from the hub ({text['hf_tokenizer_name']}), "
+                "which a checkpoint cannot carry; use library hf"
+            )
+        return text.get("context_length", 77)
     return None
 
 

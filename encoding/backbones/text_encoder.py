@@ -81,6 +81,8 @@ class HfTextTower(nn.Module):
 
     def __init__(self, model: nn.Module, pooling: str):
         super().__init__()
+        if getattr(model, "pooler", None) is not None:  # BERT-style poolers are never read: no unused parameters
+            model.pooler = None
         self.model, self.pooling = model, pooling
         self.sparse = model.config.model_type in SPARSE_TYPES
         self.layers = max((m for m in model.modules() if isinstance(m, nn.ModuleList)), key=len)

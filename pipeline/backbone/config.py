@@ -147,15 +147,22 @@ def _check_model(config: BackboneConfig) -> None:
         raise BadInput("config key 'training.batch_size': a contrastive batch needs at least 2 images")
 
 
+def with_fusion_loss(values: dict) -> dict:
+    """`values` with loss type `itm` (the fusion layers' loss) when `model.fusion` is set and no type is named."""
+    model = values.get("model") if isinstance(values, dict) else None
+    loss = values.get("loss") if isinstance(values, dict) else None
+    unnamed = loss is None or isinstance(loss, dict) and "type" not in loss
+    if not isinstance(model, dict) or model.get("fusion") is None or not unnamed:
+        return values
+    return {**values, "loss": {**(loss or {}), "type": "itm"}}
+
+
 def from_dict(values: dict) -> BackboneConfig:
     """Validate a nested dict into a `BackboneConfig`, registry names included."""
     training = values.get("training") if isinstance(values, dict) else None
     if isinstance(training, dict) and "learnable_temp" in training:
         raise BadInput("config key 'training.learnable_temp' moved to 'model.learnable_temp' (as in head configs)")
-    model, loss = values.get("model"), values.get("loss")
-    if isinstance(model, dict) and model.get("fusion") is not None and not (isinstance(loss, dict) and "type" in loss):
-        values = {**values, "loss": {**(loss or {}), "type": "itm"}}  # the fusion layers' loss, unless one is named
-    config = build_dataclass(BackboneConfig, values)
+    config = build_dataclass(BackboneConfig, with_fusion_loss(values))
     TRUNKS.get(config.model.library, key="model.library")
     POOLINGS.get(config.model.pooling, key="model.pooling")
     _check_model(config)

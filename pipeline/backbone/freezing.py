@@ -19,9 +19,9 @@ def trunk_blocks(trunk: nn.Module) -> tuple[list[nn.Module], list[nn.Parameter]]
     """(blocks, input parameters) of an image trunk: a timm ViT's `blocks` or a CNN's stages, and the
     parameters registered before the first block (patch/stem embeddings, class token, positions)."""
     model = getattr(trunk, "model", None) or trunk.features
-    if hasattr(model, "blocks"):
-        blocks = list(model.blocks)
-    else:
+    if hasattr(model, "blocks") or hasattr(model, "stages"):  # timm ViTs; ConvNeXt-style CNNs
+        blocks = list(getattr(model, "blocks", None) or model.stages)
+    else:  # ResNet-style: the layerN stages
         blocks = [m for m in model.children() if isinstance(m, nn.Sequential)]
     first = {id(p) for p in blocks[0].parameters()} if blocks else set()
     return blocks, list(takewhile(lambda p: id(p) not in first, model.parameters()))

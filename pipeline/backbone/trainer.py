@@ -53,6 +53,11 @@ class BackboneTrainer(Trainer):
         self.sampler = EpochSampler(
             self.train.caption_image_index, len(self.train.image_paths), t.epoch_sampling, t.seed, "cpu"
         )
+        if self.world > 1 and len(self.sampler) < t.batch_size:
+            raise BadInput(
+                f"training.batch_size {t.batch_size}: more than the {len(self.sampler)} pairs of an epoch; under "
+                "torchrun every step takes a whole global batch"
+            )
         model = self.build_model().to(self.device)
         self.forward = summing_ddp(model, self.device) if self.world > 1 else model  # what a training step runs
         return model, losses.build_from(config.loss, config.model.learnable_temp)

@@ -18,6 +18,7 @@ from torch import nn
 from encoding.backbones.image_encoder import CHECKPOINT_FORMAT, ImageEncoder
 from encoding.backbones.text_architecture import resolve_text_architecture
 from encoding.backbones.text_encoder import build_text_encoder, text_tokenizer
+from encoding.errors import BadInput
 from encoding.runtime import autocast
 from pipeline.backbone.config import trainable_layers
 from pipeline.backbone.data import Captions, PairImages, pair_loader
@@ -132,5 +133,10 @@ class TwoTowerTrainer(BackboneTrainer):
         }
 
     def load_weights(self, state: dict, path: Path) -> None:
+        if state.get("text_architecture", self.text_architecture) != self.text_architecture:
+            raise BadInput(
+                f"{path}: the text tower's model or tokenizer at {self.text_architecture['arch']} changed since "
+                "this run was trained; train a new run"
+            )
         load_weights(self.model.image, state.get("encoder"), path)
         load_weights(self.model.text, state.get("text_encoder"), path)

@@ -43,6 +43,17 @@ def gather_features(local: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def from_rank0(value):
+    """`value` as rank 0 holds it, on every rank (`value` itself in one process): ranks whose BatchNorm
+    statistics differ must still agree on validation results, so they stop early together."""
+    rank, size = world()
+    if size == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def allreduce_sum_hook(process_group, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """DDP communication hook: sum gradient buckets over ranks (DDP's default averages them)."""
     work = dist.all_reduce(bucket.buffer(), group=process_group, async_op=True)

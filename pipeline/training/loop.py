@@ -35,7 +35,7 @@ from pipeline.training.checkpoint import (
     resumable_state,
     save_checkpoint,
 )
-from pipeline.training.distributed import start_distributed
+from pipeline.training.distributed import from_rank0, start_distributed
 
 CURVES_INTERVAL_S = 30  # training_curves.png is redrawn at most this often while training
 TIMED_QUERIES = 1000  # text queries of the inference timing in run_info.json
@@ -221,7 +221,7 @@ class Trainer:
             while self.epoch < t.num_epochs and self.bad_epochs < t.patience:
                 epoch_start = time.perf_counter()
                 train_loss = self.train_epoch(self.epoch)
-                metrics = self.evaluate(self.val)
+                metrics = from_rank0(self.evaluate(self.val))
                 lr = self.optimizer.param_groups[0]["lr"]
                 seconds = time.perf_counter() - epoch_start
                 record = epoch_record(self.epoch, train_loss, metrics, lr, self.loss.scale().item(), seconds)

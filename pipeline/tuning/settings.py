@@ -207,7 +207,7 @@ def _base_config(raw, base_dir: Path, overrides: list[str]) -> dict:
 def _check_value(base: dict, key: str, value) -> None:
     """BadInput unless `key` = `value` is valid for some head/loss that takes the key (the base's own when it does)."""
     backbone = is_backbone_config(base)
-    if key.count(".") != 1 and not (backbone and key.startswith("model.text.")):
+    if key.count(".") != 1 and not (backbone and key.startswith(("model.text.", "model.fusion."))):
         raise BadInput(f"'{key}' is not a config key; use section.key, e.g. training.learning_rate")
     section, leaf = key.split(".", 1)
     values = with_values(base, {key: value})

@@ -203,6 +203,7 @@ def test_tune_runs_trials_of_a_two_tower_backbone_config(demo_cache, tmp_path, m
         "search_space": {
             "training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
             "model.text.max_length": {"type": "categorical", "choices": [16, 24]},
+            "model.output_dim": {"type": "categorical", "choices": [16, 32]},
         },
         "n_trials": 2,
     }
@@ -395,3 +396,74 @@ def test_activation_checkpointing_trains_the_same_weights(demo_cache, tmp_path, 
     )
     for key, value in plain["text_encoder"].items():
         torch.testing.assert_close(recomputed["text_encoder"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_hf_poolers_are_dropped_so_every_parameter_trains():
+    """BERT-style `pooler` weights are never read (CLS or mean pooling of the states): DDP would stall on them."""
+    from transformers import BertConfig, BertModel
+
+    from encoding.backbones.text_encoder import HfTextTower
+
+    model = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2))
+    tower = HfTextTower(model, "cls")
+    ids = torch.randint(1, 50, (2, 5))
+    tower(ids, torch.ones_like(ids, dtype=torch.bool))[0].sum().backward()
+    assert all(p.grad is not None for p in tower.parameters())
+
+
+def test_last_n_locks_the_stages_of_convnext_style_trunks():
+    from encoding.backbones.image_encoder import TimmTrunk
+    from pipeline.backbone.freezing import lock, trunk_blocks
+
+    trunk = TimmTrunk("convnext_atto", 32)
+    blocks, inputs = trunk_blocks(trunk)
+    assert len(blocks) == 4 and blocks[0] is trunk.model.stages[0]
+    lock(trunk, blocks, inputs, 1, "model.trainable")
+    trainable = {n for n, p in trunk.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("model.stages.3.", "model.norm_pre", "model.head")) for n in trainable)
+
+
+def test_resume_refuses_a_text_tower_whose_tokenizer_changed(demo_cache, distilbert, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    folder = tmp_path / "tower"
+    shutil.copytree(distilbert, folder)
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path / "c.yaml", demo_cache, two_tower(hf_text(folder, pretrained=False)))
+    assert backbone_train.main([str(config)]) == 0
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    vocab = sorted(AutoTokenizer.from_pretrained(folder).get_vocab().items(), key=lambda item: item[1])
+    shuffled = [token for token, _ in vocab[:5]] + [token for token, _ in reversed(vocab[5:])]
+    BertTokenizerFast(vocab={token: i for i, token in enumerate(shuffled)}).save_pretrained(folder)
+    capsys.readouterr()
+    assert cli.main(["backbone-train", str(config), "--resume", "--set", "training.num_epochs=2"]) == 2
+    assert "the text tower's model or tokenizer" in capsys.readouterr().err
+
+
+def test_more_review_refusals(demo_cache, tmp_path, monkeypatch, capsys):
+    """A tokenizer without padding, a loss given as a bare string, an open_clip tower with a hub tokenizer."""
+    from transformers import BertTokenizerFast
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "nopad"
+    vocab = {token: i for i, token in enumerate(["[UNK]", "[CLS]", "[SEP]", "a", "b"])}
+    folder.mkdir()
+    BertTokenizerFast(vocab=vocab, pad_token=None).save_pretrained(folder)
+    cases = [
+        (
+            two_tower(hf_text(folder, arch="distilbert", pretrained=False, tokenizer=str(folder))),
+            None,
+            "no padding token",
+        ),
+        (two_tower(SCRATCH, fusion=FUSION), "itm", "config key 'loss': expected a mapping"),
+        (two_tower({"library": "open_clip", "arch": "ViT-B-16-SigLIP"}), None, "takes its tokenizer from the hub"),
+    ]
+    for model, loss, message in cases:
+        config = write_config(tmp_path / "c.yaml", demo_cache, model)
+        if loss is not None:
+            values = yaml.safe_load(config.read_text())
+            values["loss"] = loss
+            config.write_text(yaml.safe_dump(values))
+        assert cli.main(["backbone-train", str(config)]) == 2, message
+        assert message in capsys.readouterr().err

@@ -8,13 +8,13 @@ CHARACTERS = list("abcdefghijklmnopqrstuvwxyz0123456789.,")
 
 
 def save_tokenizer(folder: Path) -> int:
-    """A WordPiece tokenizer over single characters (any lower-case English text tokenises); its vocab size."""
+    """A WordPiece tokenizer over single characters (any lower-case English text tokenises into them, no
+    [UNK]); its vocab size."""
     from transformers import BertTokenizerFast
 
     vocab = SPECIALS + CHARACTERS + [f"##{c}" for c in CHARACTERS]
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}).save_pretrained(folder)
     return len(vocab)
 
 
