@@ -30,12 +30,32 @@ from pipeline.training.tokens import embed_tokens, match_scorer
 from pipeline.zeroshot import ZeroShotOptions, zeroshot_metrics
 
 
-def load_run(run_dir: Path, checkpoint: str = "best.pt"):
-    """(config, head pair in eval mode, (image_dim, text_dim)) of a run directory written by `xalign train`."""
+@dataclass(frozen=True)
+class RunCheckpoint:
+    """A run directory's checkpoint, read once: its path, contents and validated config; `model` (in eval mode)
+    and `dims` for a head run, None for a backbone run (its trainer rebuilds the towers: `restored_trainer`)."""
+
+    path: Path
+    state: dict
+    config: object
+    model: torch.nn.Module | None = None
+    dims: tuple | None = None
+
+    @property
+    def scores_pairs(self) -> bool:
+        """A cross_encoder head run, or a backbone run with fusion layers: it re-ranks, it is not a dual run."""
+        m = self.config.model
+        return m.fusion is not None if self.model is None else m.scores_pairs
+
+
+def open_run(run_dir: Path, checkpoint: str = "best.pt") -> RunCheckpoint:
+    """The checkpoint of a run directory written by `xalign train` or `xalign backbone-train`, or BadInput."""
     path = Path(run_dir) / checkpoint
     if not path.is_file():
         raise BadInput(f"{path}: no checkpoint; is {run_dir} a run directory written by `xalign train`?")
     state = load_checkpoint(path)
+    if is_backbone_checkpoint(state):
+        return RunCheckpoint(path, state, backbone_config(state, path))
     if not isinstance(state.get("config"), dict) or not isinstance(state.get("dims"), list):
         raise BadInput(f"{path}: not a head checkpoint of `xalign train` (no config or dims)")
     try:
@@ -44,7 +64,15 @@ def load_run(run_dir: Path, checkpoint: str = "best.pt"):
         raise BadInput(f"{path}: its config is not valid here ({err})") from err
     model, _ = build_model_and_loss(config, *state["dims"])
     load_weights(model, state.get("model"), path)
-    return config, model.eval(), tuple(state["dims"])
+    return RunCheckpoint(path, state, config, model.eval(), tuple(state["dims"]))
+
+
+def load_run(run_dir: Path, checkpoint: str = "best.pt"):
+    """(config, head pair in eval mode, (image_dim, text_dim)) of a run directory written by `xalign train`."""
+    run = open_run(run_dir, checkpoint)
+    if run.model is None:
+        raise BadInput(f"{run.path}: not a head checkpoint of `xalign train` (a backbone run)")
+    return run.config, run.model, run.dims
 
 
 def run_cache(run_dir: Path, config) -> Path:
@@ -83,12 +111,8 @@ def evaluate_run(
     Refused (`BadInput`): the run's cache changed since training, its split was re-made (unless
     `allow_new_split`), or `cache_dir` holds embeddings of other backbones.
     """
-    path = Path(run_dir) / checkpoint
-    state = load_checkpoint(path) if path.is_file() else {}
-    if is_backbone_checkpoint(state):
-        config, model, dims = backbone_config(state, path), None, None
-    else:
-        config, model, dims = load_run(run_dir, checkpoint)
+    run = open_run(run_dir, checkpoint)
+    config, model, dims = run.config, run.model, run.dims
     data_dir = cache_dir or run_cache(run_dir, config)
     current = provenance.describe(data_dir, config)
     trained = provenance.recorded(run_dir)
@@ -96,11 +120,11 @@ def evaluate_run(
         print(f"warning: {run_dir} records no provenance (an older run); its cache and split are not checked")
     else:
         current = provenance.check_evaluation(run_dir, trained, current, cache_dir is not None, allow_new_split)
+    bound = current if trained is None else trained  # the cache and split a dual run to re-rank must share
     if model is None:
-        bound = current if trained is None else trained
-        metrics = backbone_metrics(run_dir, path, state, data_dir, split, bound, rerank, ks, device, zeroshot, verify)
+        metrics = backbone_metrics(run_dir, run, data_dir, split, bound, rerank, ks, device, zeroshot, verify)
         return {"split": split, **metrics, "provenance": current}
-    is_cross = config.model.scores_pairs
+    is_cross = run.scores_pairs
     if not is_cross and (rerank.run is not None or rerank.k is not None):
         raise BadInput(
             f"--rerank-with/--rerank-k: {run_dir} is a '{config.model.type}' run; re-ranking takes a cross_encoder run"
@@ -112,7 +136,6 @@ def evaluate_run(
     model.to(target)
     image, text = run_embeddings(config, model, dims, data, target)
     if is_cross:
-        bound = current if trained is None else trained
         metrics = {"split": split, **rerank_metrics(run_dir, config, model, data, bound, rerank, (image, text), ks)}
         return {**metrics, "provenance": current}
     metrics = {"split": split, **retrieval_metrics(image, text, data.caption_image_index, ks)}
@@ -150,14 +173,8 @@ def rerank_metrics(run_dir, config, model, data: SplitTensors, trained: dict, re
 def dual_embeddings(dual_run: Path, run_dir: Path, trained: dict, data: SplitTensors, device) -> tuple:
     """(N, D) image and (M, D) caption embeddings of `data` by the dual run `dual_run` (a head or backbone run
     trained on the cache and split `run_dir` was `trained` on), and what to record of it."""
-    path = Path(dual_run) / "best.pt"
-    state = load_checkpoint(path) if path.is_file() else {}
-    if is_backbone_checkpoint(state):
-        pairs = backbone_config(state, path).model.fusion is not None
-    else:
-        dual_config, dual_model, dual_dims = load_run(dual_run)
-        pairs = dual_config.model.scores_pairs
-    if pairs:
+    run = open_run(dual_run)
+    if run.scores_pairs:
         raise BadInput(f"--rerank-with {dual_run}: a run that scores pairs; give a dual-encoder run to re-rank")
     dual = provenance.recorded(dual_run)
     for key in ("cache_fingerprint", "splits_fingerprint"):
@@ -167,18 +184,19 @@ def dual_embeddings(dual_run: Path, run_dir: Path, trained: dict, data: SplitTen
                 f"({key} {str((dual or {}).get(key))[:12]} vs {str(trained.get(key))[:12]}); both runs must "
                 "share one cache and split"
             )
-    if is_backbone_checkpoint(state):
-        image, text = restored_trainer(state, path, data, str(device)).embed(data)
+    if run.model is None:
+        image, text = restored_trainer(run.state, run.path, run.config, data, str(device)).embed(data)
     else:
-        image, text = run_embeddings(dual_config, dual_model.to(device), dual_dims, data.to(device), device)
+        image, text = run_embeddings(run.config, run.model.to(device), run.dims, data.to(device), device)
     return image.to(device), text.to(device), {"run": str(Path(dual_run).resolve()), "provenance": dual}
 
 
-def backbone_metrics(run_dir, path, state, data_dir, split, trained, rerank: Rerank, ks, device, zeroshot, verify):
-    """Metrics of a backbone run (its checkpoint `state`, read from `path`) on `split`; a run with fusion layers
-    re-ranks the top K of its own dual towers, or of `rerank.run`, with its match logits."""
-    config = backbone_config(state, path)
-    fusion = config.model.fusion
+def backbone_metrics(
+    run_dir, run: RunCheckpoint, data_dir, split, trained, rerank: Rerank, ks, device, zeroshot, verify
+):
+    """Metrics of a backbone run (its checkpoint `run`) on `split`; a run with fusion layers re-ranks the top K
+    of its own dual towers, or of `rerank.run`, with its match logits."""
+    fusion = run.config.model.fusion
     if fusion is None and (rerank.run is not None or rerank.k is not None):
         raise BadInput(
             f"--rerank-with/--rerank-k: {run_dir} has no fusion layers; re-ranking takes a run that scores pairs"
@@ -186,7 +204,7 @@ def backbone_metrics(run_dir, path, state, data_dir, split, trained, rerank: Rer
     if zeroshot is not None:
         raise BadInput(f"--zeroshot: {run_dir} is a backbone run; zero-shot classification takes head runs")
     data = load_splits(data_dir, [split], verify=verify)[split]
-    trainer = restored_trainer(state, path, data, device)
+    trainer = restored_trainer(run.state, run.path, run.config, data, device)
     image, text = trainer.embed(data)
     index = data.caption_image_index.to(image.device)
     if fusion is None:

@@ -28,9 +28,9 @@ def backbone_config(state: dict, path: Path):
         raise BadInput(f"{path}: its config is not valid here ({err})") from err
 
 
-def restored_trainer(state: dict, path: Path, data: SplitTensors, device: str):
-    """The trainer of a backbone checkpoint `state` (read from `path`), its weights loaded, over `data`."""
-    config = backbone_config(state, path)
+def restored_trainer(state: dict, path: Path, config, data: SplitTensors, device: str):
+    """The trainer of a backbone checkpoint `state` (read from `path`; its validated `config`), its weights
+    loaded, over `data`."""
     config = replace(config, training=replace(config.training, device=device))
     cls = trainer_class(config)
     trainer = type(f"Restored{cls.__name__}", (cls,), {"restored": state})(config, data, data)
