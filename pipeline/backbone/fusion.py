@@ -25,7 +25,7 @@ from pipeline.backbone.two_tower import TwoTower, TwoTowerTrainer
 from pipeline.data import SplitTensors
 from pipeline.heads.cross_encoder import MatchHead
 from pipeline.losses.itm import itm_pairs
-from pipeline.rerank import PAIR_BATCH, reranked_metrics
+from pipeline.rerank import reranked, reranked_metrics
 from pipeline.training.checkpoint import load_weights
 from pipeline.training.loop import TIMED_QUERIES
 
@@ -125,21 +125,24 @@ class FusedTwoTowerTrainer(TwoTowerTrainer):
         return reranked_metrics(image, text, index, self.config.model.fusion.rerank_k, self.scorer(split))
 
     def query_search(self, test: SplitTensors, gallery: torch.Tensor, k: int = 10):
-        """Tokenise and embed 1,000 test captions, take their top `rerank_k` images, score those pairs."""
+        """Tokenise and embed 1,000 test captions and re-rank their top `rerank_k` images with the match logits."""
         texts = [test.captions[i % len(test.captions)] for i in range(TIMED_QUERIES)]
-        rerank_k, (_, image_tokens, _, _) = min(self.config.model.fusion.rerank_k, len(gallery)), self.split_tokens
+        _, image_tokens, _, _ = self.split_tokens
 
         @torch.no_grad()
         def search():
             self.model.eval()
             ids, mask = (x.to(self.device) for x in self.tokenize(texts))
             embedding, tokens = self.model.text.forward_with_tokens(ids, mask)
-            top = (F.normalize(embedding.float(), dim=-1) @ gallery.T).topk(rerank_k, dim=1).indices.reshape(-1)
-            queries = torch.arange(len(texts), device=self.device).repeat_interleave(rerank_k)
-            for part in torch.arange(len(top), device=self.device).split(PAIR_BATCH):
-                q = queries[part]
-                image = image_tokens[top[part].cpu()].to(self.device).float()
-                self.model.matcher(image, tokens[q].float(), mask[q])
+
+            def score(queries: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+                image = image_tokens[images.cpu()].to(self.device).float()
+                return self.model.matcher(image, tokens[queries].float(), mask[queries])
+
+            scores = F.normalize(embedding.float(), dim=-1) @ gallery.T
+            return reranked(
+                scores, self.config.model.fusion.rerank_k, score, torch.arange(len(texts), device=self.device)
+            )
 
         return search
 

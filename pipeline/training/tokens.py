@@ -16,7 +16,7 @@ from pipeline.data import SplitTensors
 from pipeline.heads import takes_tokens
 from pipeline.heads.tokens import TokenHeadPair
 from pipeline.losses.itm import itm_pairs
-from pipeline.rerank import PAIR_BATCH, reranked_metrics
+from pipeline.rerank import reranked, reranked_metrics
 from pipeline.token_data import TokenBatch, token_shape, token_source
 from pipeline.token_stream import ChunkedSampler, epoch_batches, prefetched
 from pipeline.training.distributed import gather_features
@@ -161,18 +161,19 @@ class CrossEncoderTrainer(TokenTrainer):
         return reranked_metrics(image, text, index, self.config.model.rerank_k, scorer)
 
     def query_search(self, test: SplitTensors, gallery: torch.Tensor, k: int = 10):
-        """Embed 1,000 test captions, take their top `rerank_k` images, and score those pairs with the match head."""
-        source, rerank_k = self.tokens_of(test), min(self.config.model.rerank_k, len(gallery))
+        """Embed 1,000 test captions and re-rank their top `rerank_k` images with the match head."""
+        source = self.tokens_of(test)
         rows = torch.arange(TIMED_QUERIES) % len(test.caption_image_index)
         text, mask = (t.to(self.device) for t in source.captions(rows))
         images = source.images(torch.arange(len(gallery)))  # float16 on the host; candidates move per batch
 
+        def score(queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+            image = images[candidates.cpu()].to(self.device).float()
+            return self.model.match(image, text[queries].float(), mask[queries])
+
         def search():
-            top = (self.model.encode_text(text.float(), mask) @ gallery.T).topk(rerank_k, dim=1).indices.reshape(-1)
-            queries = torch.arange(len(rows), device=self.device).repeat_interleave(rerank_k)
-            for part in torch.arange(len(top), device=self.device).split(PAIR_BATCH):
-                q = queries[part]
-                self.model.match(images[top[part].cpu()].to(self.device).float(), text[q].float(), mask[q])
+            scores = self.model.encode_text(text.float(), mask) @ gallery.T
+            return reranked(scores, self.config.model.rerank_k, score, torch.arange(len(rows), device=self.device))
 
         return search
 
