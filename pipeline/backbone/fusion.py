@@ -20,6 +20,7 @@ from torch import nn
 from encoding.backbones.image_encoder import ImageEncoder
 from encoding.errors import BadInput
 from encoding.runtime import autocast
+from encoding.tokens import pad_and_stack
 from pipeline.backbone.data import Captions
 from pipeline.backbone.two_tower import TwoTower, TwoTowerTrainer
 from pipeline.data import SplitTensors
@@ -90,16 +91,13 @@ class FusedTwoTowerTrainer(TwoTowerTrainer):
             embedding, tokens = self.model.image_with_tokens(pixels)
             images.append(F.normalize(embedding.float(), dim=-1))
             image_tokens.append(tokens.half().cpu())
-        texts, text_tokens, masks = [], [], []
+        texts, text_parts = [], []
         batch = self.config.training.eval_batch_size
         for ids, mask in self.pair_loader(Captions(split.captions), range(len(split.captions)), batch, False):
             embedding, tokens = self.model.text.forward_with_tokens(ids.to(self.device), mask.to(self.device))
             texts.append(F.normalize(embedding.float(), dim=-1))
-            text_tokens.append(tokens.half().cpu())
-            masks.append(mask)
-        length = max(t.shape[1] for t in text_tokens)
-        text_tokens = torch.cat([F.pad(t, (0, 0, 0, length - t.shape[1])) for t in text_tokens])
-        masks = torch.cat([F.pad(m, (0, length - m.shape[1])) for m in masks])
+            text_parts.append((tokens.half().cpu(), mask))
+        text_tokens, masks = pad_and_stack(text_parts, self.model.text.tower.token_dim)
         self.split_tokens = (split.image_ids, torch.cat(image_tokens), text_tokens, masks)
         return torch.cat(images), torch.cat(texts)
 
