@@ -186,6 +186,11 @@ class ImageEncoder(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.trunk(pixels)))
 
+    def forward_with_tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Grid]:
+        """(B, output_dim) as `forward`, the trunk's spatial tokens (B, T, C) and their grid, from one pass."""
+        features = self.trunk(pixels)
+        return (self.head(self.pool(features)), *self.trunk.spatial_tokens(features))
+
 
 def build_image_encoder(**architecture) -> ImageEncoder:
     """The encoder an architecture dict describes (library, arch, image_size, output_dim, ..., mean, std)."""

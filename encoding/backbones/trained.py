@@ -66,9 +66,8 @@ class CheckpointImage:
     @torch.inference_mode()
     def encode_with_tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Grid]:
         """(B, 3, H, W) → (B, dim) as `encode`, the trunk's spatial tokens (B, T, C) and their grid."""
-        features = self.model.trunk(pixels.to(self.device))
-        pooled = F.normalize(self.model.head(self.model.pool(features)).float(), dim=-1)
-        return (pooled, *self.model.trunk.spatial_tokens(features))
+        pooled, tokens, grid = self.model.forward_with_tokens(pixels.to(self.device))
+        return F.normalize(pooled.float(), dim=-1), tokens, grid
 
     def describe(self) -> dict:
         arch = self.architecture

@@ -40,14 +40,9 @@ class FusedTwoTower(TwoTower):
         image_dim, text_dim = image.head[0].in_features, text.tower.token_dim
         self.matcher = MatchHead(image_dim, text_dim, f.hidden_dim, f.num_heads, f.num_layers, f.dropout)
 
-    def image_with_tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, H, W) → (B, D) unnormalised embeddings and the trunk's (B, T, C) spatial tokens, one pass."""
-        features = self.image.trunk(pixels)
-        return self.image.head(self.image.pool(features)), self.image.trunk.spatial_tokens(features)[0]
-
     def forward(self, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor):
         """(B, D) image and caption embeddings, (B, T, C) image tokens and (B, L, W) caption hidden states."""
-        image, image_tokens = self.image_with_tokens(pixels)
+        image, image_tokens, _ = self.image.forward_with_tokens(pixels)
         text, text_tokens = self.text.forward_with_tokens(ids, mask)
         return image, text, image_tokens, text_tokens
 
@@ -88,7 +83,7 @@ class FusedTwoTowerTrainer(TwoTowerTrainer):
         self.model.eval()
         images, image_tokens = [], []
         for pixels in self.eval_pixels(split.image_paths):
-            embedding, tokens = self.model.image_with_tokens(pixels)
+            embedding, tokens, _ = self.model.image.forward_with_tokens(pixels)
             images.append(F.normalize(embedding.float(), dim=-1))
             image_tokens.append(tokens.half().cpu())
         texts, text_parts = [], []
