@@ -160,8 +160,8 @@ def build(cls, values, prefix: str = "", resolve_class: Callable | None = None):
         key, hint = prefix + name, hints[name]
         if dataclasses.is_dataclass(hint):
             kwargs[name] = build(hint, {} if value is None else value, key + ".", resolve_class)
-        elif optional_section(hint) is not None and value is not None:
-            kwargs[name] = build(optional_section(hint), value, key + ".", resolve_class)
+        elif (section := optional_section(hint)) is not None and value is not None:
+            kwargs[name] = build(section, value, key + ".", resolve_class)
         else:
             kwargs[name] = check_type(value, hint, key)
             check_value(name, kwargs[name], key)

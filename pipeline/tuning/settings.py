@@ -211,8 +211,7 @@ def _check_value(base: dict, key: str, value) -> None:
         raise BadInput(f"'{key}' is not a config key; use section.key, e.g. training.learning_rate")
     section, leaf = key.split(".", 1)
     values = with_values(base, {key: value})
-    registry = {"loss": LOSSES} if backbone else {"model": HEADS, "loss": LOSSES}
-    registry = registry.get(section)
+    registry = ({"loss": LOSSES} if backbone else {"model": HEADS, "loss": LOSSES}).get(section)
     if registry is not None and leaf != "type":
         chosen = values[section].get("type", (HeadOptions if section == "model" else LossOptions).type)
         if leaf not in option_names(registry.get(chosen)):
