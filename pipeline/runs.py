@@ -61,23 +61,30 @@ def clear_run_dir(out_dir: Path) -> None:
 
 @contextmanager
 def writing_run(name: str, resume: bool, overwrite: bool, results: Path = RESULTS) -> Iterator[Path]:
-    """`results/<name>`, locked for the block, checked against `resume` / `overwrite` and, with
-    `overwrite`, emptied first."""
+    """`results/<name>`, locked for the block and checked against `resume` / `overwrite`. With `overwrite`
+    the directory is emptied by `train_run` once the new run is built, so a config the trainer refuses
+    leaves the old run whole."""
     out_dir = results / check_run_name(name)
     if resume:  # refused before the lock creates the directory
         check_run_state(out_dir, resume, overwrite)
     rank = torchrun_env()[0]
     with run_lock(out_dir) if rank == 0 else nullcontext(out_dir):
         check_run_state(out_dir, resume, overwrite)
-        if overwrite and rank == 0:
-            clear_run_dir(out_dir)
+        if overwrite and out_dir.is_symlink():
+            clear_run_dir(out_dir)  # refuses a symbolic link before anything is built
         yield out_dir
 
 
 def train_run(
-    trainer_class: type[Trainer], config, out_dir: Path, resume: bool = False, verify: bool = True
+    trainer_class: type[Trainer],
+    config,
+    out_dir: Path,
+    resume: bool = False,
+    verify: bool = True,
+    overwrite: bool = False,
 ) -> RunOutcome:
     """Train `config` with `trainer_class` into `out_dir`, then evaluate the best checkpoint on the test split.
+    `overwrite`: empty `out_dir` once the trainer is built (a refused config deletes nothing).
 
     The run records its provenance (`provenance.json`, and in metrics.json); `resume` is refused on
     other data or with another config (`provenance.check_resume`). `verify`: hash the cache's shards.
@@ -96,6 +103,8 @@ def train_run(
         trainer.resume()
     if trainer.rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            clear_run_dir(out_dir)
         save_config(config, out_dir / "config.yaml")
         provenance.record(out_dir, current)
     result = trainer.run()

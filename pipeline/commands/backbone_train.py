@@ -44,7 +44,7 @@ def main(argv=None) -> int:
         print(json.dumps(bench_training_step(trainer, args.bench_steps)))
         return 0
     with writing_run(config.name, args.resume, args.overwrite) as out_dir, naming_config(args.config):
-        run = train_run(trainer_class(config), config, out_dir, args.resume, args.verify)
+        run = train_run(trainer_class(config), config, out_dir, args.resume, args.verify, args.overwrite)
     if run.metrics is None:  # a torchrun rank other than 0: rank 0 reports
         return 0
     result = run.result

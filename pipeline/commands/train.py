@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     config = load_config(args.config, args.overrides)
     with writing_run(config.name, args.resume, args.overwrite) as out_dir, naming_config(args.config):
-        run = train_run(trainer_for(config), config, out_dir, args.resume, args.verify)
+        run = train_run(trainer_for(config), config, out_dir, args.resume, args.verify, args.overwrite)
     if run.metrics is None:
         return 0
     result = run.result

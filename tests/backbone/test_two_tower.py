@@ -184,6 +184,11 @@ def test_a_frozen_text_run_evaluates_but_cannot_change_the_shared_width_or_encod
     config = write_config(tmp_path / "c.yaml", demo_cache, TINY_VIT)
     assert cli.main(["backbone-train", str(config)]) == 0
     trained = json.loads((run_dir(tmp_path) / "metrics.json").read_text())
+    (run_dir(tmp_path) / "stale.txt").write_text("left by an earlier run")
+    assert cli.main(["backbone-train", str(config), "--overwrite", "--set", "model.trainable=last_99"]) == 2
+    assert (run_dir(tmp_path) / "best.pt").is_file()  # a refused config deletes nothing
+    assert cli.main(["backbone-train", str(config), "--overwrite"]) == 0
+    assert not (run_dir(tmp_path) / "stale.txt").exists()  # a run that is built replaces the old one
     assert cli.main(["evaluate", str(run_dir(tmp_path)), "--out", str(tmp_path / "again.json")]) == 0
     assert json.loads((tmp_path / "again.json").read_text())["rsum"] == pytest.approx(trained["rsum"], abs=1e-6)
     checkpoint = str(run_dir(tmp_path) / "best.pt")
