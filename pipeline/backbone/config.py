@@ -127,6 +127,8 @@ def _check_model(config: BackboneConfig) -> None:
             raise BadInput(f"config key '{key}': expected three numbers (R, G, B), got {values!r}")
     if not all(v > 0 for v in m.std):
         raise BadInput(f"config key 'model.std': expected three positive numbers, got {m.std!r}")
+    if config.training.compile:
+        raise BadInput("config key 'training.compile': backbone mode runs its towers eagerly; unset it")
     trainable_layers(m.trainable, "model.trainable")
     if m.text is not None:
         trainable_layers(m.text.trainable, "model.text.trainable")

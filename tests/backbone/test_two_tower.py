@@ -472,3 +472,13 @@ def test_more_review_refusals(demo_cache, tmp_path, monkeypatch, capsys):
             config.write_text(yaml.safe_dump(values))
         assert cli.main(["backbone-train", str(config)]) == 2, message
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("training.compile=true", "'training.compile': backbone mode runs"), ("data.stream=true", "'data.stream'")],
+)
+def test_head_only_training_options_are_refused_in_backbone_mode(demo_cache, tmp_path, capsys, override, message):
+    config = write_config(tmp_path / "c.yaml", demo_cache, two_tower(SCRATCH))
+    assert cli.main(["backbone-train", str(config), "--set", override]) == 2
+    assert message in capsys.readouterr().err
