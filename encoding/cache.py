@@ -21,6 +21,7 @@ from encoding.atomic import atomic_target, write_atomic
 from encoding.cache_checks import sha256_of
 from encoding.errors import BadInput
 from encoding.fingerprints import cache_fingerprint, splits_fingerprint
+from encoding.safe_load import load_json
 
 FORMAT = "xalign-cache"
 VERSION = 1
@@ -124,21 +125,12 @@ def write_shard(cache_dir: Path, index: int, data: ShardData, dtype: str = "floa
     }
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise BadInput(f"{path}: not UTF-8 text at byte {err.start}") from err
-    except json.JSONDecodeError as err:
-        raise BadInput(f"{path}: not valid JSON ({err})") from err
-
-
 def read_metadata(cache_dir: Path) -> dict:
     """`metadata.json`, checked for every key the readers need (`cache_checks.check_metadata`)."""
     path = Path(cache_dir) / METADATA
     if not path.is_file():
         raise BadInput(f"{path}: not an xalign cache (no {METADATA}); build one with `xalign encode`")
-    meta = _read_json(path)
+    meta = load_json(path)
     checks.check_metadata(path, meta, FORMAT)
     return meta
 
@@ -293,7 +285,7 @@ def read_splits(cache_dir: Path) -> dict:
     path = Path(cache_dir) / SPLITS
     if not path.is_file():
         raise BadInput(f"{path}: no splits; run `xalign split {cache_dir}` first")
-    splits = _read_json(path)
+    splits = load_json(path)
     checks.check_splits(path, splits)
     return splits
 

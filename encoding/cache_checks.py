@@ -12,6 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from encoding.errors import BadInput
+from encoding.safe_load import shown
 
 HASH_PROGRESS_BYTES = 1 << 30  # show a progress bar when hashing more than this
 SPLIT_NAMES = ("train", "val", "test")
@@ -53,7 +54,7 @@ def json_type(value) -> str:
 
 def describe(value) -> str:
     """A parsed JSON value for messages: its type and (shortened) repr, e.g. "string '3'", "null"."""
-    return "null" if value is None else f"{json_type(value)} {value!r:.60}"
+    return "null" if value is None else f"{json_type(value)} {shown(value):.60}"
 
 
 def _is(value, kind: type) -> bool:

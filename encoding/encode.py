@@ -22,7 +22,14 @@ from encoding.backbones import load_image_backbone, load_text_backbone
 from encoding.datasets import ImageRecord, read_dataset
 from encoding.errors import BadInput
 from encoding.image_batches import EncodedShard, ShardPlan, image_shards
-from encoding.runtime import autocast, distributed, library_versions, resolve_device, resolve_precision
+from encoding.runtime import (
+    autocast,
+    distributed,
+    finish_distributed,
+    library_versions,
+    resolve_device,
+    resolve_precision,
+)
 from encoding.tokens import TokenLayout, check_image_tokens, pad_and_stack, real_tokens_first, token_layout
 
 E5_INSTRUCTION = "Instruct: {}\nQuery: "
@@ -125,7 +132,8 @@ def encode_texts_with_tokens(texts, text_model, prefix: str, batch_size: int, de
     with `token_dim` None only the embeddings are computed (tokens and mask are None)."""
     unique = list(dict.fromkeys(texts))
     parts, token_parts = [], []
-    for start in range(0, len(unique), batch_size):
+    batches = range(0, len(unique), batch_size)
+    for start in tqdm(batches, desc=f"{len(unique)} captions", unit="batch", leave=False, disable=None):
         with autocast(device, precision):
             batch = [prefix + t for t in unique[start : start + batch_size]]
             if token_dim is None:
@@ -242,8 +250,9 @@ def build_shard(job: EncodeJob, shard: EncodedShard, batch_size: int) -> cache.S
 def encode_cache(request: EncodeRequest) -> dict:
     """Encode (or finish encoding) the cache `request.out` → its metadata once every rank is done.
 
-    Resumes at the missing shards, shares them out among torchrun ranks, shows a progress bar, and
-    prints `OUT: N images, M captions, K skipped (complete)` once (rank 0).
+    Resumes at the missing shards, shares them out among torchrun ranks, shows progress bars (images; each
+    shard's captions), prints a line per shard written, and `OUT: N images, M captions, K skipped (complete)`
+    once (rank 0).
     """
     job = prepare(request)
     plan = request.plan()
@@ -257,6 +266,8 @@ def encode_cache(request: EncodeRequest) -> dict:
         for shard in shards:
             data = build_shard(job, shard, request.batch_size)
             cache.record_shard(request.out, cache.write_shard(request.out, shard.index, data, dtype=request.dtype))
+            counts = f"{len(data.image_ids)} images, {len(data.caption_text)} captions"
+            progress.write(f"shard {shard.index + 1}/{job.num_shards} written ({counts})")
     return report(request.out, job)
 
 
@@ -276,8 +287,7 @@ def report(out: Path, job: EncodeJob) -> dict:
     skipped is a warning on stderr.
     """
     if job.world > 1:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+        finish_distributed()
     meta = cache.read_metadata(out)
     skipped, images = len(meta["skipped"]), meta["num_images"]
     if job.rank == 0:

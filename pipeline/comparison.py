@@ -3,9 +3,14 @@
 Each row: the run's data and backbones (metrics.json `provenance`: dataset kind, cache directory name,
 image and text backbone specs; for a backbone run, the towers it trained), key settings (config.yaml:
 head, loss, output dim, learning rate, batch size), the evaluated split and its gallery size
-(`num_images`/`num_captions`), the test metrics and the cost side (run_info.json: trainable parameters,
-training wall time, inference time per 1,000 queries, peak memory). A run without provenance (older
-runs) has empty cells there, never guesses.
+(`num_images`/`num_captions`), its epochs (run_info.json: the best epoch and the epochs run, `7/10`, so
+runs of different lengths are not compared unmarked), the test metrics and the cost side (run_info.json:
+trainable parameters, training wall time, inference time per 1,000 queries, peak memory). A run without
+provenance (older runs) has empty cells there, never guesses.
+
+What is read: a directory holding metrics.json, or a `metrics*.json` file in a run directory; anything
+else has a `skip_reason`. A run whose files cannot be read, or hold a text where a number belongs, is
+refused by `read_run` as a whole (BadInput naming the file), so one broken run never half-fills a row.
 
 Order: best rsum first, except that a run whose test gallery has fewer than `TINY_GALLERY` images is
 ranked after every run with a real gallery (then by rsum among themselves). Recall at K over a few
@@ -16,8 +21,9 @@ Grouping (`group=True`): runs that differ only in `name` and `training.seed` for
 the canonical JSON of the config without those two keys, the cache and split fingerprints (when
 recorded: a run without them never groups with one that has them), and every other shown setting, so a
 group row shows nothing that is not true of each of its runs. Metrics become mean and sample standard
-deviation (ddof=1; none for one run), costs the mean. A group's run cell lists the names when they are
-short, else their common prefix as a glob (`mlp-seed*`), else the first name and how many more.
+deviation (ddof=1; none for one run), costs the mean, epochs their range (`5–9/10`). A group's run cell
+lists the names when they are short, else their common prefix as a glob (`mlp-seed*`), else the first
+name and how many more.
 """
 
 import copy
@@ -26,12 +32,12 @@ import os
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from numbers import Real
 from pathlib import Path
 
-import yaml
-
 from encoding.errors import BadInput
+from encoding.safe_load import load_json, load_yaml
 from pipeline.tables import Style
 
 TINY_GALLERY = 100
@@ -43,7 +49,8 @@ FILES = {"metrics": "metrics.json", "info": "run_info.json", "config": "config.y
 class Column:
     """One logical column: where its value lives, how it is shown, and what kind it is.
 
-    kind: `setting` (same across a group), `metric` (mean ± std), `cost` (mean), `fingerprint` (CSV only).
+    kind: `setting` (same across a group), `metric` (mean ± std), `cost` (mean), `epoch` (the runs' values:
+    a range in the table, the mean in CSV), `fingerprint` (CSV only).
     """
 
     name: str
@@ -85,6 +92,8 @@ COLUMNS = [
     Column("train s", "info", ("train_seconds",), "{:.1f}", "cost"),
     Column("ms / 1k queries", "info", ("inference_ms_per_1000_queries",), "{:.1f}", "cost"),
     Column("peak MB", "info", ("peak_memory_mb",), "{:.0f}", "cost"),
+    Column("best epoch", "info", ("best_epoch",), "{:g}", "epoch", then=lambda index: index + 1),  # 0-based there
+    Column("epochs", "info", ("epochs",), "{:g}", "epoch"),
     Column("cache fingerprint", "metrics", ("provenance", "cache_fingerprint"), kind="fingerprint", then=_short),
     Column("splits fingerprint", "metrics", ("provenance", "splits_fingerprint"), kind="fingerprint", then=_short),
 ]
@@ -126,26 +135,35 @@ def _lookup(source, keys: tuple[str, ...]):
 def _load(path: Path) -> dict:
     if not path.is_file():
         return {}
-    try:
-        data = (yaml.safe_load if path.suffix == ".yaml" else json.loads)(path.read_text())
-    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as err:
-        raise BadInput(f"{path}: cannot be read ({err})") from err
+    data = (load_yaml if path.suffix == ".yaml" else load_json)(path)
     if not isinstance(data, dict | None):
         raise BadInput(f"{path}: expected a mapping, found {type(data).__name__}")
     return data or {}
 
 
-def read_run(path: Path) -> dict | None:
-    """{'run', 'dir', 'config', 'metrics', 'info'} of a run directory (None without metrics.json), or of a
-    metrics file of one (e.g. `RUN/metrics-rerank-DUAL.json`: that file's metrics with the run's config)."""
+def skip_reason(path: Path) -> str | None:
+    """Why `path` is not a run to compare (e.g. `results/README.md`, `results/optuna`), or None."""
+    path = Path(path)
+    if path.is_file():
+        return None if fnmatch(path.name, "metrics*.json") else "not a run directory or a metrics*.json file"
+    if not path.exists():
+        return "does not exist"
+    return None if (path / FILES["metrics"]).is_file() else f"no {FILES['metrics']} (not a finished run)"
+
+
+def read_run(path: Path) -> dict:
+    """{'run', 'dir', 'config', 'metrics', 'info', 'towers'} of a run directory, or of a metrics file of one
+    (e.g. `RUN/metrics-rerank-DUAL.json`: that file's metrics with the run's config); BadInput naming the file
+    when one cannot be read or a shown value is not what its column needs."""
     path = Path(path)
     run_dir, metrics = (path.parent, path) if path.is_file() else (path, path / FILES["metrics"])
-    if not metrics.is_file():
-        return None
     name = run_dir.name if metrics.name == FILES["metrics"] else f"{run_dir.name} ({metrics.stem})"
     files = {**{key: run_dir / file for key, file in FILES.items()}, "metrics": metrics}
     run = {"run": name, "dir": run_dir, **{key: _load(file) for key, file in files.items()}}
-    return {**run, "towers": towers(run["config"], run["metrics"])}
+    run["towers"] = towers(run["config"], run["metrics"])
+    for column in (*COLUMNS, *GALLERY):
+        value(run, column)
+    return run
 
 
 def towers(config: dict, metrics: dict) -> dict:
@@ -190,12 +208,18 @@ def _group_key(run: dict) -> str:
     return json.dumps({"config": config, "shown": shown}, sort_keys=True, default=str)
 
 
+def _cell(runs: list[dict], column: Column):
+    if column.kind in ("setting", "fingerprint"):
+        return value(runs[0], column)
+    values = [value(run, column) for run in runs]
+    if column.kind == "epoch":
+        return tuple(v for v in values if v is not None) or None
+    return _stat(values)
+
+
 def _row(runs: list[dict]) -> Row:
     first = runs[0]
-    cells = {
-        c.name: value(first, c) if c.kind in ("setting", "fingerprint") else _stat([value(r, c) for r in runs])
-        for c in COLUMNS
-    }
+    cells = {c.name: _cell(runs, c) for c in COLUMNS}
     return Row(tuple(sorted(r["run"] for r in runs)), tuple(value(first, c) for c in GALLERY), cells)
 
 
@@ -239,6 +263,17 @@ def _gallery_text(row: Row, style: Style) -> str:
     return text + (style.mark if row.tiny else "")
 
 
+def _span(values: tuple) -> str:
+    low, high = min(values), max(values)
+    return f"{low:g}" if low == high else f"{low:g}–{high:g}"
+
+
+def _epochs_text(row: Row) -> str:
+    """`best/run` epochs (`7/10`), or their ranges over a group's runs (`5–9/10`)."""
+    best, run = row.cells["best epoch"], row.cells["epochs"]
+    return "" if best is None or run is None else f"{_span(best)}/{_span(run)}"
+
+
 def _number_text(stat: Stat | None, column: Column, style: Style) -> str:
     if stat is None:
         return ""
@@ -251,15 +286,16 @@ def _number_text(stat: Stat | None, column: Column, style: Style) -> str:
 def display_table(rows: list[Row], group: bool, style: Style) -> tuple[list[str], list[list[str]], str]:
     """(header, cell texts, alignment letters) for markdown or LaTeX; `style` gives ±, † and escaping."""
     settings, numbers = shown_columns(rows, ("setting",)), shown_columns(rows, ("metric", "cost"))
-    gallery = _has_gallery(rows)
+    gallery, epochs = _has_gallery(rows), bool(shown_columns(rows, ("epoch",)))
     header = ["run", *(["seeds"] if group else []), *(c.name for c in settings)]
-    header += [*(["test gallery"] if gallery else []), *(c.name for c in numbers)]
-    align = "l" + "r" * group + "l" * len(settings) + "r" * (gallery + len(numbers))
+    header += [*(["test gallery"] if gallery else []), *(["best/epochs"] if epochs else []), *(c.name for c in numbers)]
+    align = "l" + "r" * group + "l" * len(settings) + "r" * (gallery + epochs + len(numbers))
     cells = []
     for row in rows:
         line = [style.escape(run_label(row.runs)), *([str(len(row.runs))] if group else [])]
         line += [style.escape("" if row.cells[c.name] is None else c.fmt.format(row.cells[c.name])) for c in settings]
         line += [_gallery_text(row, style)] if gallery else []
+        line += [style.escape(_epochs_text(row))] if epochs else []
         cells.append(line + [_number_text(row.cells[c.name], c, style) for c in numbers])
     return [style.escape(name) for name in header], cells, align
 
@@ -275,6 +311,11 @@ def _number_columns(column: Column, group: bool) -> list[str]:
     return [f"{column.name} mean"] + ([f"{column.name} std"] if column.kind == "metric" else [])
 
 
+def _as_stat(cell, column: Column) -> Stat | None:
+    """A number cell as a Stat: an epoch cell (the runs' values) becomes their mean."""
+    return _stat(list(cell or ())) if column.kind == "epoch" else cell
+
+
 def _number_values(stat: Stat | None, column: Column, group: bool) -> list:
     values = [None, None] if stat is None else [stat.mean, stat.std]
     return values[: len(_number_columns(column, group))]
@@ -282,7 +323,7 @@ def _number_values(stat: Stat | None, column: Column, group: bool) -> list:
 
 def csv_table(rows: list[Row], group: bool) -> tuple[list[str], list[list]]:
     """(header, raw values): gallery as two numbers, fingerprints shortened, mean and std apart in groups."""
-    settings, numbers = shown_columns(rows, ("setting",)), shown_columns(rows, ("metric", "cost"))
+    settings, numbers = shown_columns(rows, ("setting",)), shown_columns(rows, ("epoch", "metric", "cost"))
     prints, gallery = shown_columns(rows, ("fingerprint",)), _has_gallery(rows)
     header = ["run", *(["seeds"] if group else []), *(c.name for c in settings)]
     header += [*(c.name for c in GALLERY if gallery), *(n for c in numbers for n in _number_columns(c, group))]
@@ -290,6 +331,6 @@ def csv_table(rows: list[Row], group: bool) -> tuple[list[str], list[list]]:
     for row in rows:
         line = [";".join(row.runs), *([len(row.runs)] if group else []), *(row.cells[c.name] for c in settings)]
         line += list(row.gallery) if gallery else []
-        line += [v for c in numbers for v in _number_values(row.cells[c.name], c, group)]
+        line += [v for c in numbers for v in _number_values(_as_stat(row.cells[c.name], c), c, group)]
         values.append(line + [row.cells[c.name] for c in prints])
     return header + [c.name for c in prints], values

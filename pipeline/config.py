@@ -16,6 +16,7 @@ from typing import TypeVar
 import yaml
 
 from encoding.errors import BadInput
+from encoding.safe_load import load_yaml
 from pipeline import heads, losses, schema
 from pipeline.heads import HEADS, HeadOptions
 from pipeline.losses import LOSSES, LossOptions
@@ -181,10 +182,7 @@ def read_yaml_mapping(path: Path, what: str = "config") -> dict:
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"{path}: {what} file not found")
-    try:
-        values = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise BadInput(f"{path}: not valid YAML ({err})") from err
+    values = load_yaml(path)
     if values is None:
         return {}
     if not isinstance(values, dict):

@@ -48,12 +48,13 @@ class RunCheckpoint:
         return m.fusion is not None if self.model is None else m.scores_pairs
 
 
-def open_run(run_dir: Path, checkpoint: str = "best.pt") -> RunCheckpoint:
-    """The checkpoint of a run directory written by `xalign train` or `xalign backbone-train`, or BadInput."""
+def open_run(run_dir: Path, checkpoint: str = "best.pt", verify: bool = True) -> RunCheckpoint:
+    """The checkpoint of a run directory written by `xalign train` or `xalign backbone-train`, or BadInput.
+    `verify`: check the checkpoint's recorded sha256."""
     path = Path(run_dir) / checkpoint
     if not path.is_file():
         raise BadInput(f"{path}: no checkpoint; is {run_dir} a run directory written by `xalign train`?")
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, verify=verify)
     if is_backbone_checkpoint(state):
         return RunCheckpoint(path, state, backbone_config(state, path))
     if not isinstance(state.get("config"), dict) or not isinstance(state.get("dims"), list):
@@ -111,7 +112,7 @@ def evaluate_run(
     Refused (`BadInput`): the run's cache changed since training, its split was re-made (unless
     `allow_new_split`), or `cache_dir` holds embeddings of other backbones.
     """
-    run = open_run(run_dir, checkpoint)
+    run = open_run(run_dir, checkpoint, verify)
     config, model, dims = run.config, run.model, run.dims
     data_dir = cache_dir or run_cache(run_dir, config)
     current = provenance.describe(data_dir, config)
@@ -136,8 +137,8 @@ def evaluate_run(
     model.to(target)
     image, text = run_embeddings(config, model, dims, data, target)
     if is_cross:
-        metrics = {"split": split, **rerank_metrics(run_dir, config, model, data, bound, rerank, (image, text), ks)}
-        return {**metrics, "provenance": current}
+        metrics = rerank_metrics(run_dir, config, model, data, bound, rerank, (image, text), ks, verify)
+        return {"split": split, **metrics, "provenance": current}
     metrics = {"split": split, **retrieval_metrics(image, text, data.caption_image_index, ks)}
     if zeroshot is not None:
         metrics["zeroshot"] = zeroshot_metrics(data_dir, data.labels, image, model.encode_text, zeroshot, target)
@@ -158,22 +159,24 @@ def run_embeddings(config, model, dims: tuple, data: SplitTensors, device) -> tu
     return embed_tokens(model, token_source(data, config.data.stream), data, config.training.eval_batch_size, device)
 
 
-def rerank_metrics(run_dir, config, model, data: SplitTensors, trained: dict, rerank: Rerank, own, ks) -> dict:
+def rerank_metrics(
+    run_dir, config, model, data: SplitTensors, trained: dict, rerank: Rerank, own, ks, verify: bool = True
+) -> dict:
     """Metrics of a cross-encoder run re-ranking the top K of `rerank.run` (a dual run trained on the cache
     and split the cross encoder was `trained` on), or of its own dual features `own` when no run is given."""
     image, text = own
     k = config.model.rerank_k if rerank.k is None else rerank.k
     metrics = {}
     if rerank.run is not None:
-        image, text, metrics["rerank_with"] = dual_embeddings(rerank.run, run_dir, trained, data, image.device)
+        image, text, metrics["rerank_with"] = dual_embeddings(rerank.run, run_dir, trained, data, image.device, verify)
     scorer = match_scorer(model, token_source(data, config.data.stream), image.device)
     return {**reranked_metrics(image, text, data.caption_image_index, k, scorer, ks), **metrics}
 
 
-def dual_embeddings(dual_run: Path, run_dir: Path, trained: dict, data: SplitTensors, device) -> tuple:
+def dual_embeddings(dual_run: Path, run_dir: Path, trained: dict, data: SplitTensors, device, verify=True) -> tuple:
     """(N, D) image and (M, D) caption embeddings of `data` by the dual run `dual_run` (a head or backbone run
     trained on the cache and split `run_dir` was `trained` on), and what to record of it."""
-    run = open_run(dual_run)
+    run = open_run(dual_run, verify=verify)
     if run.scores_pairs:
         raise BadInput(f"--rerank-with {dual_run}: a run that scores pairs; give a dual-encoder run to re-rank")
     dual = provenance.recorded(dual_run)
@@ -211,7 +214,7 @@ def backbone_metrics(
         return retrieval_metrics(image, text, index, ks)
     metrics = {}
     if rerank.run is not None:
-        image, text, metrics["rerank_with"] = dual_embeddings(rerank.run, run_dir, trained, data, image.device)
+        image, text, metrics["rerank_with"] = dual_embeddings(rerank.run, run_dir, trained, data, image.device, verify)
     k = fusion.rerank_k if rerank.k is None else rerank.k
     return {**reranked_metrics(image, text, index, k, trainer.scorer(data), ks), **metrics}
 

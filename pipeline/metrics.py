@@ -204,3 +204,23 @@ def chance_recall(num_gallery: int, k: int, positives: int = 1) -> float:
     """Expected R@K (percent) of random scores: P(any of `positives` items among `num_gallery` is in the top K)."""
     miss = np.prod([(num_gallery - positives - i) / (num_gallery - i) for i in range(min(k, num_gallery - positives))])
     return 100.0 * (1.0 - miss) if k < num_gallery - positives + 1 else 100.0
+
+
+def chance_median_rank(num_gallery: int, positives: int = 1) -> float:
+    """Median rank of the best of `positives` items among `num_gallery` under random scores (exact).
+
+    The rank R is the smallest of `positives` distinct uniform draws from 1..num_gallery, so
+    P(R > r) = C(num_gallery - r, positives) / C(num_gallery, positives). As for an even count of ranks,
+    the median is the midpoint of the smallest r with P(R <= r) >= 1/2 and the smallest with P(R <= r) > 1/2:
+    (num_gallery + 1) / 2 for one positive.
+    """
+    total = math.comb(num_gallery, positives)
+
+    def first(reached) -> int:  # smallest r in 1..num_gallery with reached(2 * C(num_gallery - r, positives))
+        low, high = 1, num_gallery
+        while low < high:
+            mid = (low + high) // 2
+            low, high = (low, mid) if reached(2 * math.comb(num_gallery - mid, positives)) else (mid + 1, high)
+        return low
+
+    return 0.5 * (first(lambda twice_above: twice_above <= total) + first(lambda twice_above: twice_above < total))

@@ -1,6 +1,7 @@
 """Figures written next to a run: training curves, PCA / t-SNE of the shared space, a retrieval gallery.
 
-Every figure has a fixed pixel size (figsize x 100 dpi), so tests can check the PNGs.
+Every figure has a fixed pixel size (figsize x 100 dpi), so tests can check the PNGs. Epochs are numbered
+from 1, as the console prints them.
 """
 
 import textwrap
@@ -11,23 +12,32 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
-def training_curves(history: list[dict], path: Path) -> Path:
-    """Three panels over epochs: training loss, validation R@1/R@10 both ways, learning rate."""
-    epochs = [r["epoch"] for r in history]
+def curves_figure(history: list[dict]):
+    """Three panels over epochs 1, 2, ...: training loss, validation R@1/R@10 both ways (legend below the
+    axes, clear of the curves), learning rate."""
+    epochs = [r["epoch"] + 1 for r in history]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4), dpi=100)
     axes[0].plot(epochs, [r["train_loss"] for r in history], marker="o")
     axes[0].set(title="training loss", xlabel="epoch")
     for key in ("val_i2t_R@1", "val_i2t_R@10", "val_t2i_R@1", "val_t2i_R@10"):
         axes[1].plot(epochs, [r[key] for r in history], marker=".", label=key.removeprefix("val_"))
     axes[1].set(title="validation recall (%)", xlabel="epoch")
-    axes[1].legend()
+    axes[1].legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=4, fontsize=8, frameon=False)
     axes[2].plot(epochs, [r["lr"] for r in history], marker=".")
     axes[2].set(title="learning rate (end of epoch)", xlabel="epoch")
     for ax in axes:
         ax.grid(alpha=0.3)
-    _save(fig, path)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig
+
+
+def training_curves(history: list[dict], path: Path) -> Path:
+    """training_curves.png: `curves_figure`, 1500 x 400 pixels."""
+    _save(curves_figure(history), path)
     return Path(path)
 
 
@@ -69,6 +79,19 @@ def _tsne(points: np.ndarray, seed: int) -> np.ndarray:
 PROJECTIONS = {"pca": _pca, "tsne": _tsne}  # (P, D) points → (P, 2)
 
 
+def class_colours(labels) -> tuple[np.ndarray, ListedColormap, np.ndarray]:
+    """(each point's class index, a colour map with one distinct colour per class, the sorted classes):
+    tab10 up to 10 classes, tab20 up to 20, else as many evenly spaced colours of turbo."""
+    classes, codes = np.unique(np.asarray(labels), return_inverse=True)
+    n = len(classes)
+    colours = (
+        plt.get_cmap("turbo")(np.linspace(0, 1, n))
+        if n > 20
+        else plt.get_cmap("tab20" if n > 10 else "tab10").colors[:n]
+    )
+    return codes, ListedColormap(colours), classes
+
+
 def embedding_projection(
     image_emb, text_emb, image_labels, caption_labels, path: Path, method: str, seed: int = 0
 ) -> Path:
@@ -84,16 +107,24 @@ def embedding_projection(
     axes[0].set(title=f"{method.upper()} of the shared space, by modality")
     axes[0].legend()
     if image_labels is not None:
-        labels = np.concatenate([np.asarray(image_labels), np.asarray(caption_labels)])
-        dots = axes[1].scatter(*xy.T, c=labels, cmap="tab20", s=8, alpha=0.7)
-        axes[1].set(title=f"{method.upper()} by class ({len(np.unique(labels))} classes)")
-        fig.colorbar(dots, ax=axes[1], label="class")
+        codes, cmap, classes = class_colours(np.concatenate([np.asarray(image_labels), np.asarray(caption_labels)]))
+        dots = axes[1].scatter(*xy.T, c=codes, cmap=cmap, vmin=-0.5, vmax=len(classes) - 0.5, s=8, alpha=0.7)
+        axes[1].set(title=f"{method.upper()} by class ({len(classes)} classes)")
+        ticks = np.unique(np.linspace(0, len(classes) - 1, min(len(classes), 10)).round().astype(int))
+        fig.colorbar(dots, ax=axes[1], label="class").set_ticks(ticks, labels=[str(c) for c in classes[ticks]])
     _save(fig, path)
     return Path(path)
 
 
-def retrieval_gallery(queries: list[str], top_rows, top_scores, image_paths, own_rows, path: Path) -> Path:
-    """For each of Q text queries, its top K images (Q, K) with scores; the query's own image framed green."""
+def query_label(query: str, own_rank: int, shown: int, gallery: int) -> str:
+    """A gallery row's label: the query, and the right image's rank when it is not among the `shown` images."""
+    label = textwrap.fill(query, 28)
+    return label if own_rank <= shown else f"{label}\n\nright image: rank {own_rank} of {gallery}"
+
+
+def retrieval_gallery(queries: list[str], top_rows, top_scores, image_paths, own_rows, own_ranks, path: Path) -> Path:
+    """For each of Q text queries, its top K images (Q, K) with scores; the query's own image framed green, or
+    its rank (`own_ranks`, 1-based) under the query when it is not among the K."""
     from PIL import Image
 
     top_rows, top_scores = np.asarray(top_rows), np.asarray(top_scores)
@@ -109,7 +140,8 @@ def retrieval_gallery(queries: list[str], top_rows, top_scores, image_paths, own
             ax.set_xticks([]), ax.set_yticks([])
             for spine in ax.spines.values():
                 spine.set(color="green" if hit else "lightgrey", linewidth=4 if hit else 1)
-        axes[i, 0].set_ylabel(textwrap.fill(queries[i], 28), fontsize=8, rotation=0, ha="right", va="center")
+        label = query_label(queries[i], int(own_ranks[i]), k, len(image_paths))
+        axes[i, 0].set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
     fig.subplots_adjust(left=0.22, right=0.99, top=0.95, bottom=0.02, wspace=0.05, hspace=0.3)
     fig.savefig(path)
     plt.close(fig)

@@ -16,6 +16,7 @@ from encoding.atomic import write_atomic
 from encoding.errors import BadInput
 from encoding.fingerprints import cache_fingerprint, model_identity, sha256_json, splits_fingerprint
 from encoding.runtime import library_versions
+from encoding.safe_load import CONFIG_BYTES, load_json, shown
 from pipeline.config import read_yaml_mapping
 
 RECORD = "provenance.json"
@@ -47,10 +48,7 @@ def recorded(run_dir: Path) -> dict | None:
     path = Path(run_dir) / RECORD
     if not path.is_file():
         return None
-    try:
-        payload = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadInput(f"{path}: not valid JSON ({err})") from err
+    payload = load_json(path, CONFIG_BYTES)
     if not isinstance(payload, dict) or not all(k in payload for k in ("cache_fingerprint", "splits_fingerprint")):
         raise BadInput(f"{path}: expected an object with cache_fingerprint and splits_fingerprint")
     return payload
@@ -117,7 +115,7 @@ def check_resume(run_dir: Path, config, trained: dict, current: dict) -> None:
         if saved.get(key) != wanted.get(key) and key not in EXTENDABLE and key != "data.cache"
     )
     if changed:
-        details = ", ".join(f"{key}: {saved.get(key)!r} -> {wanted.get(key)!r}" for key in changed)
+        details = ", ".join(f"{key}: {shown(saved.get(key))} -> {shown(wanted.get(key))}" for key in changed)
         raise BadInput(
             f"{config_file}: --resume continues the recorded run, but the config differs in {details}; "
             f"only {' and '.join(EXTENDABLE)} may change on resume: {way_out}"

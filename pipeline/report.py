@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from encoding.runtime import synchronize
 from pipeline.data import SplitTensors
@@ -36,10 +37,10 @@ def peak_memory_mb(device: torch.device) -> float:
 @torch.no_grad()
 def inference_ms_per_1000_queries(search: Callable[[], object], device: torch.device) -> float:
     """Milliseconds of `search()` (embedding 1,000 text queries and taking their top K images, see
-    `Trainer.query_search`); the best of three runs after a warm-up."""
+    `Trainer.query_search`); the best of three runs after a warm-up, with a progress bar on a terminal."""
     search()
     times = []
-    for _ in range(3):
+    for _ in tqdm(range(3), desc=f"timing {TIMED_QUERIES} queries", leave=False, disable=None):
         synchronize(device)
         start = time.perf_counter()
         search()
@@ -70,20 +71,29 @@ def write_projections(test: SplitTensors, image: torch.Tensor, text: torch.Tenso
 
 
 def write_gallery(test: SplitTensors, image: torch.Tensor, text: torch.Tensor, path: Path) -> bool:
-    """gallery.png: the top-5 images of a few evenly spaced test captions; False when images are not on disk."""
+    """gallery.png: the top-5 images of a few evenly spaced test captions, and where the right image ranks when
+    it is not among them (ties count against the query, as in the metrics); False when images are not on disk."""
     if len(test.image_paths) == 0 or not all(Path(p).is_file() for p in test.image_paths):
         return False
     queries = np.linspace(0, len(text) - 1, min(GALLERY_QUERIES, len(text))).round().astype(int)
-    scores, rows = (text[queries] @ image.T).topk(min(GALLERY_TOP, len(image)), dim=1)
-    own = test.caption_image_index[queries].cpu().numpy()
+    all_scores = text[queries] @ image.T
+    own = test.caption_image_index[queries].to(all_scores.device)
+    own_ranks = (all_scores >= all_scores.gather(1, own[:, None])).sum(dim=1)
+    scores, rows = all_scores.topk(min(GALLERY_TOP, len(image)), dim=1)
     captions = [str(test.captions[q]) for q in queries]
-    retrieval_gallery(captions, rows.cpu().numpy(), scores.cpu().numpy(), test.image_paths, own, path)
+    retrieval_gallery(
+        captions, rows.cpu().numpy(), scores.cpu().numpy(), test.image_paths, own.cpu().numpy(), own_ranks.cpu(), path
+    )
     return True
 
 
 def report_run(trainer, test: SplitTensors, split_name: str, out_dir: Path, provenance: dict) -> dict:
     """Evaluate the trainer's current (best) weights on `test`; write metrics.json (with `provenance`),
     figures and run_info.json."""
+    print(
+        f"testing epoch {trainer.best_epoch + 1} on the {split_name} split ({len(test.image_ids)} images, "
+        f"{len(test.captions)} captions), then figures and the time per {TIMED_QUERIES} queries"
+    )
     image, text = trainer.embed(test)
     test = test.to(image.device)
     metrics = {"split": split_name, **trainer.test_metrics(test, image, text)}

@@ -7,11 +7,14 @@ the top K keeps its dual score and place. Which of several items tied exactly at
 enters the top K is `torch.topk`'s choice. Metrics follow `pipeline.metrics` (CLIP_benchmark's
 definition): a query's rank is 1 + the number of non-matching gallery items scoring at least as high
 as its best match. Queries are processed `QUERY_BLOCK` at a time, so memory is (block, gallery).
+A K beyond a direction's gallery (captions for i2t, images for t2i) re-ranks the whole gallery there;
+metrics record the K asked for (`rerank_k`), and `clamp_warning` says which K was used.
 """
 
 from collections.abc import Callable
 
 import torch
+from tqdm import tqdm
 
 from encoding.errors import BadInput
 from pipeline.metrics import metrics_from_ranks
@@ -51,6 +54,11 @@ def ranks_from_scores(scores: torch.Tensor, positive: torch.Tensor) -> torch.Ten
     return torch.where(positive.any(dim=1), ranks, 0)
 
 
+def progress(blocks: tuple, desc: str):
+    """The query blocks with a progress bar (on a terminal): a cross encoder takes minutes on CPU."""
+    return tqdm(blocks, desc=desc, unit="block", leave=False, disable=None)
+
+
 def reranked_metrics(
     image: torch.Tensor,
     text: torch.Tensor,
@@ -68,7 +76,7 @@ def reranked_metrics(
     image_ranks = torch.cat(
         [
             ranks_from_scores(reranked(image[b] @ text.T, k, score_pairs, b), index[None, :] == b[:, None])
-            for b in images.split(QUERY_BLOCK)
+            for b in progress(images.split(QUERY_BLOCK), f"re-rank i2t top {k}")
         ]
     )
     caption_ranks = torch.cat(
@@ -76,10 +84,22 @@ def reranked_metrics(
             ranks_from_scores(
                 reranked(text[b] @ image.T, k, lambda c, i: score_pairs(i, c), b), images[None, :] == index[b][:, None]
             )
-            for b in captions.split(QUERY_BLOCK)
+            for b in progress(captions.split(QUERY_BLOCK), f"re-rank t2i top {k}")
         ]
     )
     return {
         **metrics_from_ranks(image_ranks, caption_ranks, ks),
         "rerank_k": k,
     }
+
+
+def clamp_warning(metrics: dict) -> str | None:
+    """A warning naming the K used per direction when the metrics' `rerank_k` exceeds a gallery, else None."""
+    k, images, captions = metrics.get("rerank_k"), metrics["num_images"], metrics["num_captions"]
+    if k is None or k <= min(images, captions):
+        return None
+    return (
+        f"warning: rerank K {k} exceeds the {metrics['split']} split's gallery ({images} images, {captions} "
+        f"captions); clamped per direction: K {min(k, captions)} for i2t (captions per image), "
+        f"K {min(k, images)} for t2i (images per caption)"
+    )

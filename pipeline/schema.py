@@ -15,9 +15,8 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import yaml
-
 from encoding.errors import BadInput
+from encoding.safe_load import parse_yaml, shown
 
 RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
@@ -112,7 +111,7 @@ def check_type(value, annotation, key: str):
         return float(value)
     if annotation is int and isinstance(value, bool) or not isinstance(value, expected):
         name = getattr(annotation, "__name__", str(annotation))
-        raise BadInput(f"config key '{key}': expected {name}, got {type(value).__name__} {value!r}")
+        raise BadInput(f"config key '{key}': expected {name}, got {type(value).__name__} {shown(value)}")
     return value
 
 
@@ -121,16 +120,16 @@ def check_value(name: str, value, key: str) -> None:
     if value is None or isinstance(value, bool):
         return
     if name in CHOICES and value not in CHOICES[name]:
-        raise BadInput(f"config key '{key}': '{value}' is not one of {', '.join(CHOICES[name])}")
+        raise BadInput(f"config key '{key}': {shown(value)} is not one of {', '.join(CHOICES[name])}")
     if name in RANGES and isinstance(value, int | float) and value not in RANGES[name]:
-        raise BadInput(f"config key '{key}': expected {RANGES[name]}, got {value!r}")
+        raise BadInput(f"config key '{key}': expected {RANGES[name]}, got {shown(value)}")
 
 
 def check_run_name(name: str, key: str = "name") -> str:
     """A run name is one path component of letters, digits and `._-`, not `.` or `..`."""
     if not RUN_NAME.fullmatch(name) or name in (".", ".."):
         raise BadInput(
-            f"config key '{key}': {name!r} is not a run name; use letters, digits, '.', '_' and '-' "
+            f"config key '{key}': {shown(name)} is not a run name; use letters, digits, '.', '_' and '-' "
             "(one path component, not '.' or '..')"
         )
     return name
@@ -147,14 +146,14 @@ def optional_section(hint) -> type | None:
 def build(cls, values, prefix: str = "", resolve_class: Callable | None = None):
     """`cls` (a frozen dataclass, nested ones included) from a mapping, type- and range-checked."""
     if not isinstance(values, dict):
-        raise BadInput(f"config key '{prefix.rstrip('.') or '<root>'}': expected a mapping, got {values!r}")
+        raise BadInput(f"config key '{prefix.rstrip('.') or '<root>'}': expected a mapping, got {shown(values)}")
     if resolve_class is not None:
         cls = resolve_class(cls, values, prefix.rstrip("."))
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(names))
+    unknown = sorted(map(str, set(values) - set(names)))
     if unknown:
-        raise BadInput(f"unknown config key '{prefix}{unknown[0]}'; valid keys here: {', '.join(names)}")
+        raise BadInput(f"unknown config key {shown(prefix + unknown[0])}; valid keys here: {', '.join(names)}")
     kwargs = {}
     for name, value in values.items():
         key, hint = prefix + name, hints[name]
@@ -179,10 +178,7 @@ def fix_exponent_floats(values):
 
 def parse_scalar(raw: str):
     """YAML scalar parsing, plus floats in exponent form without a dot (`1e-4`)."""
-    try:
-        value = yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError as err:  # an unclosed bracket or quote in a --set value
-        raise BadInput(f"--set value {raw!r} is not valid YAML ({err})") from err
+    value = parse_yaml(raw, f"--set value {shown(raw)}") if raw else ""
     if isinstance(value, str):
         try:
             return float(value)

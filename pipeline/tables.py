@@ -5,13 +5,15 @@ import io
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pipeline.metrics import chance_recall
+from pipeline.metrics import chance_median_rank, chance_recall
 
 
 def metrics_table(metrics: dict, ks=(1, 5, 10), with_chance: bool = False) -> str:
-    """Markdown table of R@K both ways (and the chance level of random scores), plus zero-shot accuracy."""
+    """Markdown table of R@K and median rank both ways, plus zero-shot accuracy. `with_chance` adds what random
+    scores give: i2t with the split's mean captions per image as positives among its captions, t2i one image
+    among its images."""
     n_img, n_cap = metrics["num_images"], metrics["num_captions"]
-    per_image = round(n_cap / max(1, n_img))
+    per_image = max(1, round(n_cap / max(1, n_img - metrics.get("images_without_captions", 0))))
     rows = [("i2t", metrics["i2t"], n_cap, per_image), ("t2i", metrics["t2i"], n_img, 1)]
     header = "| direction | " + " | ".join(f"R@{k}" for k in ks) + " | median rank |"
     lines = [header, "|" + "---|" * (len(ks) + 2)]
@@ -21,7 +23,8 @@ def metrics_table(metrics: dict, ks=(1, 5, 10), with_chance: bool = False) -> st
         )
         if with_chance:
             chance = [chance_recall(gallery, k, positives) for k in ks]
-            lines.append(f"| {name} chance | " + " | ".join(f"{c:.1f}" for c in chance) + f" | {gallery / 2:.0f} |")
+            median = chance_median_rank(gallery, positives)
+            lines.append(f"| {name} chance | " + " | ".join(f"{c:.1f}" for c in chance) + f" | {median:.1f} |")
     lines.append(f"rsum {metrics['rsum']:.1f} on {n_img} images, {n_cap} captions ({metrics['split']} split)")
     if metrics.get("images_without_captions"):
         lines.append(f"{metrics['images_without_captions']} images without captions left out of i2t")

@@ -8,7 +8,6 @@ embedding is the renormalised mean of its normalised prompt embeddings; an image
 the class with the highest cosine score. Ties count against the image, as in retrieval.
 """
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,23 +19,17 @@ import yaml
 
 from encoding import cache
 from encoding.errors import BadInput
+from encoding.safe_load import CONFIG_BYTES, load_json, load_yaml
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "configs" / "zeroshot" / "templates.yaml"
 CLASSES_FILE = "classes.json"
-
-
-def _read_templates(path: Path):
-    try:
-        return yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise BadInput(f"{path}: not valid YAML ({err})") from err
 
 
 def load_templates(choice: str | None, dataset_kind: str = "") -> tuple[str, list[str]]:
     """(name, templates): a set of `TEMPLATES` by name, a YAML file, or the set for `dataset_kind` / `default`."""
     sets = yaml.safe_load(TEMPLATES.read_text())
     if choice is not None and Path(choice).is_file():
-        values = _read_templates(Path(choice))
+        values = load_yaml(choice)
         values = next(iter(values.values())) if isinstance(values, dict) and len(values) == 1 else values
         name, where = choice, choice
     else:
@@ -55,10 +48,7 @@ def load_class_names(meta: dict, classes_file: Path | None, num_labels: int) -> 
     path = classes_file or (Path(root) / CLASSES_FILE if root else None)
     if path is None or not Path(path).is_file():
         raise BadInput(f"zero-shot: no class names ({path} not found); pass --classes FILE with a JSON list of names")
-    try:
-        names = json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadInput(f"{path}: not valid JSON ({err})") from err
+    names = load_json(path, CONFIG_BYTES)
     if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
         raise BadInput(f"{path}: expected a JSON list of class names")
     if len(names) < num_labels:

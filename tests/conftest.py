@@ -138,3 +138,40 @@ def demo_cache(tmp_path_factory) -> Path:
     assert encode.main(argv) == 0
     assert split.main([str(out), "--val", "12", "--test", "12", "--tuning", "20", "--seed", "0"]) == 0
     return out
+
+
+def write_head_config(directory: Path, cache: Path, learning_rate: float = 1e-3) -> Path:
+    """`directory/c.yaml`: a two-epoch MLP run `x` on `cache` (CPU, batch 8, early stopping off)."""
+    path = directory / "c.yaml"
+    path.write_text(
+        f"name: x\ndata: {{cache: {cache}}}\nmodel: {{output_dim: 8, hidden_dim: 16}}\n"
+        f"training: {{num_epochs: 2, patience: 1000, batch_size: 8, device: cpu, learning_rate: {learning_rate}}}\n"
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """(directory, config) of a finished two-epoch run `results/x` under `directory`, trained once."""
+    from encoding.commands import split
+    from pipeline import cli
+
+    root = tmp_path_factory.mktemp("trained")
+    path = write_synthetic_cache(root / "cache")
+    assert split.main([str(path), "--val", "10", "--test", "10", "--seed", "0"]) == 0
+    config = write_head_config(root, path)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        assert cli.main(["train", str(config)]) == 0
+    return root, config
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path, monkeypatch):
+    """A private copy of `trained_run` under `tmp_path` (the working directory); returns (run, config)."""
+    import shutil
+
+    root, config = trained_run
+    shutil.copytree(root / "results", tmp_path / "results")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "results" / "x", config

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from encoding.backbones import TEXT_BACKBONES
+from encoding.backbones.hf import hide_loading_bar
 from encoding.backbones.weights import weights_digest
 from encoding.errors import BadInput
 from encoding.runtime import PRECISIONS
@@ -33,6 +34,7 @@ class DecoderText:
 
         self.spec, self.device, self.max_length = spec, device, max_length
         self.dtype = PRECISIONS[precision] if device.type == "cuda" else torch.float32
+        hide_loading_bar()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(name)
             self.model = AutoModel.from_pretrained(name, dtype=self.dtype).eval().to(device)

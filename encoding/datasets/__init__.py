@@ -11,6 +11,7 @@ from pathlib import Path
 
 from encoding.errors import BadInput
 from encoding.registry import Registry
+from encoding.safe_load import DATA_BYTES, read_capped
 
 DATASETS = Registry("dataset")
 
@@ -39,11 +40,8 @@ def require_file(path: Path | None, what: str) -> Path:
 
 
 def read_text(path: Path) -> str:
-    """The whole file as text; `BadInput` naming the file and the first bad byte when it is not UTF-8."""
-    try:
-        return Path(path).read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise BadInput(f"{path}: not UTF-8 text at byte {err.start} ({err.reason}); save it as UTF-8") from err
+    """The whole file as text; `BadInput` naming the file when it is larger than `DATA_BYTES` or not UTF-8."""
+    return read_capped(path, DATA_BYTES)
 
 
 IMAGE_SOURCES: Registry = Registry("image source scheme")
@@ -69,15 +67,56 @@ class SkippedRow(UserWarning):
         self.entry = {"image_id": image_id, "path": path, "reason": reason}
 
 
+def unstorable(text: str) -> str | None:
+    """What keeps `text` out of an HDF5 UTF-8 string (a NUL character, an unpaired surrogate), or None."""
+    if "\x00" in text:
+        return f"a NUL character at position {text.index(chr(0))}"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return f"an unpaired surrogate at position {err.start}"
+    return None
+
+
+def _escaped(text: str) -> str:
+    """`text` printable and storable: NUL and unpaired surrogates as backslash escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+def storable(records: list[ImageRecord]) -> list[ImageRecord]:
+    """`records` less the captions, and images, a cache cannot store, each rejection a `SkippedRow` warning:
+    a caption with a NUL or an unpaired surrogate, an image id or path with one, an image left without captions."""
+    kept = []
+    for record in records:
+        why = unstorable(record.image_id) or unstorable(record.path)
+        if why:
+            reason = f"image id or path holds {why}"
+            warnings.warn(SkippedRow(_escaped(record.image_id), _escaped(record.path), reason), stacklevel=2)
+            continue
+        captions = []
+        for number, caption in enumerate(record.captions, start=1):
+            why = unstorable(caption)
+            if why:
+                warnings.warn(SkippedRow(record.image_id, record.path, f"caption {number} holds {why}"), stacklevel=2)
+            else:
+                captions.append(caption)
+        if record.captions and not captions:
+            warnings.warn(SkippedRow(record.image_id, record.path, "no caption left to store"), stacklevel=2)
+            continue
+        record.captions = captions
+        kept.append(record)
+    return kept
+
+
 def read_dataset(
     kind: str, root: Path, annotations: Path | None = None, skipped: list | None = None, **options
 ) -> list[ImageRecord]:
     """Records of dataset `kind`, sorted by image id so shard contents are deterministic.
 
     `options` are the reader's own keyword options (e.g. `pairs` for cifar100, `num_images` for
-    demo); one the reader does not take is `BadInput`. Rows the reader rejects (`SkippedRow`
-    warnings) are appended to `skipped` as `{image_id, path, reason}` when a list is given, else
-    shown as warnings.
+    demo); one the reader does not take is `BadInput`. Rows the reader rejects, and captions and images a
+    cache cannot store (`storable`), are `SkippedRow` warnings, appended to `skipped` as `{image_id, path,
+    reason}` when a list is given, else shown as warnings.
     """
     reader = DATASETS.get(kind, key="--dataset")
     accepted = list(inspect.signature(reader).parameters)[2:]  # after root and annotations
@@ -87,7 +126,7 @@ def read_dataset(
     with warnings.catch_warnings(record=skipped is not None) as caught:
         if skipped is not None:
             warnings.simplefilter("always", SkippedRow)
-        records = reader(Path(root), None if annotations is None else Path(annotations), **options)
+        records = storable(reader(Path(root), None if annotations is None else Path(annotations), **options))
     for warning in caught or []:
         if isinstance(warning.message, SkippedRow):
             skipped.append(warning.message.entry)

@@ -5,7 +5,6 @@ of an image is kept (most have 5, some 6 or 7). The split ('train' / 'val') come
 annotation file's name and is recorded for `xalign split --predefined`.
 """
 
-import json
 import re
 import warnings
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 from encoding.cache_checks import describe, json_type
 from encoding.datasets import DATASETS, ImageRecord, SkippedRow, read_text, require_dir, require_file
 from encoding.errors import BadInput
+from encoding.safe_load import parse_json
 
 _SPLIT_IN_NAME = re.compile(r"(train|val|test)20\d\d")
 
@@ -23,10 +23,7 @@ _REQUIRED = object()
 
 def read_json(path: Path, keys: tuple[str, ...]) -> dict:
     """A JSON object with the top-level `keys`, or `BadInput` naming the file and what is missing."""
-    try:
-        payload = json.loads(read_text(path))
-    except json.JSONDecodeError as err:
-        raise BadInput(f"{path}: not valid JSON ({err})") from err
+    payload = parse_json(read_text(path), str(path))
     missing = [key for key in keys if not isinstance(payload, dict) or key not in payload]
     if missing:
         raise BadInput(f"{path}: missing key(s) {missing}; expected {list(keys)}")

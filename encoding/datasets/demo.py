@@ -16,6 +16,7 @@ from PIL import Image
 from encoding.atomic import write_atomic
 from encoding.datasets import DATASETS, ImageRecord, read_text
 from encoding.errors import BadInput
+from encoding.safe_load import parse_json
 
 SIZE = 64
 DEFAULT_IMAGES = 1500
@@ -116,9 +117,9 @@ def read_demo(
 def _record(root: Path, where: str, line: str) -> ImageRecord:
     """One `captions.jsonl` line as written by `build_demo`; `BadInput` naming file:line when it is not."""
     try:
-        row = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise BadInput(f"{where}: not valid JSON ({err}); delete {root} to rebuild the demo data") from err
+        row = parse_json(line, where)
+    except BadInput as err:
+        raise BadInput(f"{err}; delete {root} to rebuild the demo data") from err
     fields = {"image_id": str, "path": str, "captions": list, "label": int}
     if not isinstance(row, dict) or any(not isinstance(row.get(k), kind) for k, kind in fields.items()):
         raise BadInput(f"{where}: expected an object with {list(fields)} as build_demo writes them; delete {root}")

@@ -10,13 +10,13 @@ a `split` that is not a string is `BadInput`.
 
 import csv
 import io
-import json
 import warnings
 from pathlib import Path
 
 from encoding.cache_checks import json_type
 from encoding.datasets import DATASETS, ImageRecord, SkippedRow, read_text, require_dir, require_file
 from encoding.errors import BadInput
+from encoding.safe_load import parse_json, shown
 
 IMAGE_KEYS = ("image", "image_path", "path", "file_name")
 CAPTION_KEYS = ("caption", "text")
@@ -36,8 +36,8 @@ def _rows_jsonl(path: Path):
     for number, line in enumerate(read_text(path).splitlines(), start=1):
         if line.strip():
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
+                row = parse_json(line, f"{path}:{number}")
+            except BadInput as err:
                 yield number, {"_error": str(err)}
                 continue
             yield (
@@ -61,7 +61,7 @@ def _label(value, where: str) -> int:
     except ValueError:
         label = None
     if not isinstance(label, int) or isinstance(label, bool) or not -(2**63) <= label < 2**63:
-        raise BadInput(f"{where}: label {value!r} is not an integer (expected a class number)")
+        raise BadInput(f"{where}: label {shown(value)} is not an integer (expected a class number)")
     return label
 
 
@@ -86,7 +86,7 @@ def read_folder(root: Path, annotations: Path | None = None) -> list[ImageRecord
         image, caption = _first(row, IMAGE_KEYS), _first(row, CAPTION_KEYS)
         image_id = None if image is None else _image_id(image)
         if image_id is None or caption is None:
-            reason = f"row needs one of {IMAGE_KEYS} and one of {CAPTION_KEYS} as text: {str(row)[:120]}"
+            reason = f"row needs one of {IMAGE_KEYS} and one of {CAPTION_KEYS} as text: {shown(row)}"
             warnings.warn(SkippedRow("", where, reason), stacklevel=2)
             continue
         record = records.setdefault(image_id, ImageRecord(image_id=image_id, path=str(root / image)))
@@ -95,6 +95,6 @@ def read_folder(root: Path, annotations: Path | None = None) -> list[ImageRecord
             record.label = _label(row["label"], where)
         if row.get("split") not in (None, ""):
             if not isinstance(row["split"], str):
-                raise BadInput(f"{where}: split {row['split']!r} is not a string (expected e.g. 'train')")
+                raise BadInput(f"{where}: split {shown(row['split'])} is not a string (expected e.g. 'train')")
             record.split = row["split"]
     return list(records.values())

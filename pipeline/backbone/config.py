@@ -12,7 +12,9 @@ import re
 from dataclasses import dataclass, field
 
 from encoding.backbones.image_encoder import POOLINGS, TRUNKS
+from encoding.backbones.text_encoder import SCRATCH_POSITIONS
 from encoding.errors import BadInput
+from encoding.safe_load import shown
 from pipeline import losses
 from pipeline.config import DataConfig, TrainingConfig, build_dataclass
 from pipeline.losses import LossOptions
@@ -113,7 +115,7 @@ TRAINABLE = re.compile(r"all|none|last_[1-9][0-9]*")
 def trainable_layers(value: str, key: str) -> int | None:
     """`all` → None (everything trains), `none` → 0, `last_N` → N; BadInput naming `key` otherwise."""
     if not TRAINABLE.fullmatch(value):
-        raise BadInput(f"config key '{key}': expected all, none or last_N (e.g. last_2), got {value!r}")
+        raise BadInput(f"config key '{key}': expected all, none or last_N (e.g. last_2), got {shown(value)}")
     return None if value == "all" else 0 if value == "none" else int(value.split("_")[1])
 
 
@@ -121,17 +123,21 @@ def _check_model(config: BackboneConfig) -> None:
     m = config.model
     size = m.image_size
     if not (isinstance(size, int) and size > 0 or len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)):
-        raise BadInput(f"config key 'model.image_size': expected a positive int or [height, width], got {size!r}")
+        raise BadInput(f"config key 'model.image_size': expected a positive int or [height, width], got {shown(size)}")
     for key, values in (("model.mean", m.mean), ("model.std", m.std)):
         if len(values) != 3 or not all(isinstance(v, int | float) for v in values):
-            raise BadInput(f"config key '{key}': expected three numbers (R, G, B), got {values!r}")
+            raise BadInput(f"config key '{key}': expected three numbers (R, G, B), got {shown(values)}")
     if not all(v > 0 for v in m.std):
-        raise BadInput(f"config key 'model.std': expected three positive numbers, got {m.std!r}")
+        raise BadInput(f"config key 'model.std': expected three positive numbers, got {shown(m.std)}")
     if config.training.compile:
         raise BadInput("config key 'training.compile': backbone mode runs its towers eagerly; unset it")
     trainable_layers(m.trainable, "model.trainable")
     if m.text is not None:
         trainable_layers(m.text.trainable, "model.text.trainable")
+    if m.text is not None and m.text.library == "scratch" and m.text.max_length > SCRATCH_POSITIONS:
+        raise BadInput(
+            f"config key 'model.text.max_length': {m.text.max_length} is beyond scratch's {SCRATCH_POSITIONS} positions"
+        )
     if m.fusion is not None and m.text is None:
         raise BadInput("config key 'model.fusion': reads a text tower's hidden states; add model.text")
     if m.fusion is not None and m.fusion.hidden_dim % m.fusion.num_heads:

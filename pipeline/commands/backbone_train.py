@@ -3,11 +3,11 @@ encoder end to end, and with `model.text` a text tower too (two-tower mode).
 
 The cache `data.cache` (made by `xalign encode`) gives the images, the caption texts and their frozen
 embeddings (the caption side when there is no `model.text`); its `splits.json` decides which images
-train, validate and test. Writes `results/<name>/` under the
-working directory, as `xalign train` does: config.yaml, best.pt (the encoder: `xalign encode
---image-model results/<name>/best.pt`), last.pt (for `--resume`), history.jsonl, training_curves.png,
-metrics.json (test split, best checkpoint), figures and run_info.json. `--bench` prints
-training-step throughput as JSON instead.
+train, validate and test. Writes `results/<name>/` under the working directory, as `xalign train` does
+(`--overwrite` included): config.yaml, best.pt (the encoder: `xalign encode --image-model
+results/<name>/best.pt`), last.pt (for `--resume`), checkpoints.json (their sha256), history.jsonl,
+training_curves.png, metrics.json (test split, best checkpoint), figures and run_info.json. `--bench`
+prints training-step throughput as JSON instead.
 """
 
 import argparse
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
         print(json.dumps(bench_training_step(trainer, args.bench_steps)))
         return 0
     with writing_run(config.name, args.resume, args.overwrite) as out_dir, naming_config(args.config):
-        run = train_run(trainer_class(config), config, out_dir, args.resume, args.verify, args.overwrite)
+        run = train_run(trainer_class(config), config, out_dir, args.resume, args.verify)
     if run.metrics is None:  # a torchrun rank other than 0: rank 0 reports
         return 0
     result = run.result

@@ -3,8 +3,11 @@
 Each row: what produced the run (dataset, cache, backbones), its key settings, test gallery size,
 test metrics and cost side, best rsum first (see `pipeline.comparison` for the columns, the order and
 how `--group-seeds` groups). A test gallery under 100 images is marked † with a note under the table
-and a warning on stderr. Directories without metrics.json (e.g. `results/optuna`) are skipped with a
-note on stderr.
+and a warning on stderr. Entries that are not runs (`results/README.md`, `results/optuna`, a directory
+without metrics.json) are skipped with a note on stderr, so `xalign compare results/*` works; a run that
+cannot be read (e.g. a corrupt metrics.json) is reported on stderr and left out. Exit 0 when the table
+has at least one run, 2 when no run could be read. `--out` never replaces a run's own files (config,
+checkpoints, metrics*.json, ...): that is refused (exit 2) before anything is read.
 """
 
 import argparse
@@ -13,6 +16,7 @@ from pathlib import Path
 
 from encoding.errors import BadInput
 from pipeline import comparison
+from pipeline.run_files import check_output
 from pipeline.tables import LATEX, MARKDOWN, csv_text, latex, markdown
 
 
@@ -32,16 +36,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def read_runs(paths: list[Path]) -> list[dict]:
-    """The runs among `paths`; directories without metrics.json are skipped with a note on stderr."""
-    runs = []
-    for run_dir in paths:
-        run = comparison.read_run(run_dir)
-        if run is None:
-            print(f"skipping {run_dir}: no metrics.json", file=sys.stderr)
-        else:
-            runs.append(run)
+    """The runs among `paths`; other entries and runs that cannot be read are skipped with a note on stderr,
+    BadInput when no run is left."""
+    runs, unreadable = [], 0
+    for path in paths:
+        reason = comparison.skip_reason(path)
+        if reason is not None:
+            print(f"skipping {path}: {reason}", file=sys.stderr)
+            continue
+        try:
+            runs.append(comparison.read_run(path))
+        except BadInput as err:
+            unreadable += 1
+            print(f"skipping {path}: {err}", file=sys.stderr)
     if not runs:
-        raise BadInput(f"compare: none of {', '.join(map(str, paths))} holds a metrics.json")
+        found = f"{unreadable} could not be read" if unreadable else "none holds a metrics.json"
+        raise BadInput(f"compare: no run to compare among {', '.join(map(str, paths))} ({found})")
     return runs
 
 
@@ -66,6 +76,8 @@ def warn_tiny(rows: list) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.out:
+        check_output(args.out, "--out")
     rows = comparison.table_rows(read_runs(args.runs), group=args.group_seeds)
     warn_tiny(rows)
     text = render(rows, args)

@@ -2,18 +2,20 @@
 
 Builds N digit scenes from scikit-learn's bundled digits, encodes them (timm ResNet-18, randomly
 initialised since no weights can be downloaded; the real MiniLM sentence-transformers model for
-text), splits by image, trains the `configs/heads/demo.yaml` head pair, evaluates on the test split
+text), splits by image, trains the `configs/demo.yaml` head pair, evaluates on the test split
 and prints R@K next to chance. Outputs: DIR/data/demo/N, DIR/pretrain_encoded/demo-N, DIR/results/demo.
 
 The demo marks every run it trains with a `.xalign-demo` file, and replaces DIR/results/<name> (with a
 note) only when it holds that mark: an earlier demo run. Any other directory there, a user's own
 `xalign train` run of the same name included, is refused before anything is encoded (move it or pass
 another --out). The check is repeated under the run directory's lock, and the replacement deletes only
-that directory's contents.
+that directory's contents, once the new run has written its first checkpoint (a demo that fails before
+leaves the earlier run whole).
 """
 
 import argparse
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from encoding import cache
@@ -22,12 +24,12 @@ from encoding.errors import BadInput
 from encoding.split import split_cache
 from pipeline.commands import naming_config
 from pipeline.config import load_config
-from pipeline.run_lock import LOCK_FILE, run_lock
-from pipeline.runs import clear_run_dir, train_run
+from pipeline.run_lock import LOCK_FILE
+from pipeline.runs import locked_run, replacing, train_run
 from pipeline.tables import metrics_table
 from pipeline.training.tokens import trainer_for
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "heads" / "demo.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"  # not in configs/heads/: see its header
 IMAGE_MODEL = "timm:resnet18"
 TEXT_MODEL = "st:sentence-transformers/all-MiniLM-L6-v2"
 MARK = ".xalign-demo"  # in every run the demo trains: only a run holding it is replaced
@@ -59,13 +61,14 @@ def earlier_demo_run(run_dir: Path) -> bool:
 
 
 def train_demo_run(config, config_path: Path, run_dir: Path):
-    """Train `config` into `run_dir` under its lock, replacing an earlier demo run there."""
-    with run_lock(run_dir):
-        if earlier_demo_run(run_dir):
+    """Train `config` into `run_dir` under its lock, replacing an earlier demo run there (kept if this one fails
+    before its first checkpoint, `pipeline.runs.replacing`)."""
+    with locked_run(run_dir):
+        earlier = earlier_demo_run(run_dir)
+        if earlier:
             print(f"note: replacing the earlier demo run in {run_dir}")
-            clear_run_dir(run_dir)
-        (run_dir / MARK).write_text("written by `xalign demo`, which replaces this run when it runs again\n")
-        with naming_config(config_path):
+        with replacing(run_dir) if earlier else nullcontext(), naming_config(config_path):
+            (run_dir / MARK).write_text("written by `xalign demo`, which replaces this run when it runs again\n")
             return train_run(trainer_for(config), config, run_dir)
 
 
@@ -78,10 +81,11 @@ def main(argv=None) -> int:
     config = load_config(args.config, [f"data.cache={cache_dir}", *args.overrides])
     run_dir = args.out / "results" / config.name
     earlier_demo_run(run_dir)  # refuse a directory the demo may not replace before encoding anything
-    print(f"[1/4] encoding {args.images} demo scenes into {cache_dir}")
+    root = args.out / "data" / "demo" / str(args.images)
+    print(f"[1/4] encoding {args.images} demo scenes (dataset root {root}) into {cache_dir}")
     request = EncodeRequest(
         dataset="demo",
-        root=args.out / "data" / "demo" / str(args.images),
+        root=root,
         dataset_options={"num_images": args.images},
         out=cache_dir,
         image_model=IMAGE_MODEL,
@@ -101,5 +105,6 @@ def main(argv=None) -> int:
     run = train_demo_run(config, args.config, run_dir)
     print(f"[4/4] test retrieval (best epoch {run.result.best_epoch + 1} of {run.result.epochs_run})")
     print(metrics_table(run.metrics, with_chance=True))
+    print(f"dataset root {root} (for `xalign encode --dataset demo --root`), cache {cache_dir}")
     print(f"results in {run_dir} ({time.perf_counter() - start:.0f}s in all)")
     return 0

@@ -9,15 +9,21 @@ A `xalign backbone-train` run embeds the split's images (and caption texts, two-
 A cross_encoder run, or a backbone run with fusion layers, re-ranks its own dual top K; `--rerank-with
 DUAL_RUN [--rerank-k K]` re-ranks the top K of another dual run (head or backbone) of the same cache
 and split instead (→ `RUN_DIR/metrics-rerank-<DUAL>[-k<K>].json`;
-`--rerank-k K` alone → `metrics-rerank-k<K>.json`).
+`--rerank-k K` alone → `metrics-rerank-k<K>.json`). A K beyond a gallery re-ranks all of it, with a
+warning naming the K used per direction.
+`--out FILE` never replaces a run's own files (config, checkpoints, metrics*.json, ...; exit 2), except
+the file evaluate writes without `--out`, so `evaluate RUN --out RUN/metrics.json` is the default spelled out.
 """
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from encoding.errors import BadInput
 from pipeline.evaluation import Rerank, default_run_output, evaluate_cache, evaluate_run
+from pipeline.rerank import clamp_warning
+from pipeline.run_files import check_output
 from pipeline.tables import metrics_table
 from pipeline.zeroshot import ZeroShotOptions
 
@@ -54,6 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def default_output(args) -> Path:
+    """Where the metrics go without `--out`: `DIR/metrics-<split>.json` for a cache alone, else the run's file
+    for this split, cache and re-ranking."""
+    if args.run_dir is None:
+        return args.cache / f"metrics-{args.split}.json"
+    default = default_run_output(args.run_dir, args.split, args.cache)
+    if args.rerank_with is not None or args.rerank_k is not None:
+        dual = "" if args.rerank_with is None else f"-{args.rerank_with.resolve().name}"
+        k = "" if args.rerank_k is None else f"-k{args.rerank_k}"
+        default = default.replace("metrics", f"metrics-rerank{dual}{k}", 1)
+    return args.run_dir / default
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.run_dir is None and args.cache is None:
@@ -64,9 +83,12 @@ def main(argv=None) -> int:
         raise BadInput("--rerank-with/--rerank-k: apply to a cross_encoder run (RUN_DIR); none was given")
     ks = parse_ks(args.ks)
     zeroshot = ZeroShotOptions(args.classes, args.templates, args.prompt_cache) if args.zeroshot else None
+    out = default_output(args)
+    if args.out:
+        check_output(args.out, "--out", default=out)
+        out = args.out
     if args.run_dir is None:
         metrics = evaluate_cache(args.cache, args.split, ks, args.device, zeroshot, args.verify)
-        out = args.out or args.cache / f"metrics-{args.split}.json"
     else:
         metrics = evaluate_run(
             args.run_dir,
@@ -80,13 +102,9 @@ def main(argv=None) -> int:
             args.verify,
             Rerank(args.rerank_with, args.rerank_k),
         )
-        default = default_run_output(args.run_dir, args.split, args.cache)
-        if args.rerank_with is not None or args.rerank_k is not None:
-            dual = "" if args.rerank_with is None else f"-{args.rerank_with.resolve().name}"
-            k = "" if args.rerank_k is None else f"-k{args.rerank_k}"
-            default = default.replace("metrics", f"metrics-rerank{dual}{k}", 1)
-        out = args.out or args.run_dir / default
     Path(out).write_text(json.dumps(metrics, indent=2))
     print(metrics_table(metrics, ks))
+    if warning := clamp_warning(metrics):
+        print(warning, file=sys.stderr)
     print(f"wrote {out}")
     return 0

@@ -4,10 +4,11 @@ Pooled heads read the cached embeddings; token heads (`attention_pool`, `token_t
 `sparse_attention`, `cross_encoder`) read the cache's tokens (`xalign encode --tokens`).
 
 Writes `results/<name>/` under the working directory: config.yaml (fully resolved), best.pt,
-last.pt, history.jsonl, training_curves.png, metrics.json (test split) and run_info.json (cost side:
-trainable parameters, wall time, peak memory). Prints a line per epoch. The run directory is locked
-while it is written: a second `xalign train` (or `--resume`) of the same name exits 2 naming the
-first one's pid.
+last.pt, checkpoints.json (their sha256, checked on every load), history.jsonl, training_curves.png,
+metrics.json (test split) and run_info.json (cost side: trainable parameters, wall time, peak memory).
+Prints a line per epoch. The run directory is locked while it is written: a second `xalign train` (or
+`--resume`) of the same name exits 2 naming the first one's pid. `--overwrite` keeps the old run until
+the new one has written its first checkpoint, and restores it when the new one fails before.
 """
 
 import argparse
@@ -27,7 +28,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     config = load_config(args.config, args.overrides)
     with writing_run(config.name, args.resume, args.overwrite) as out_dir, naming_config(args.config):
-        run = train_run(trainer_for(config), config, out_dir, args.resume, args.verify, args.overwrite)
+        run = train_run(trainer_for(config), config, out_dir, args.resume, args.verify)
     if run.metrics is None:
         return 0
     result = run.result

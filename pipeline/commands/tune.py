@@ -8,9 +8,12 @@ processes on the study; more machines can join with the same `--storage`. `--set
 experiment config (e.g. `data.cache=...`), a head config or a backbone config. Writes
 `results/optuna/<study>/`: best_config.yaml (run it with `xalign train`, or `xalign backbone-train` for
 a backbone base config), trials.csv, optimization_history.png, param_importances.png, summary.json.
+Prints a line per finished trial; a worker process that dies is replaced. Exits 1 when no trial completed
+(naming the first failed or pruned trial's reason), or when workers died before the study was done.
 """
 
 import argparse
+import sys
 from pathlib import Path
 
 from encoding.errors import BadInput
@@ -39,6 +42,9 @@ def main(argv=None) -> int:
         raise BadInput("--n-trials and --workers must be at least 1, --timeout positive")
     summary = run_sweep(settings, args.storage or default_url(settings.study_name), n_trials, timeout, args.workers)
     report(summary, "backbone-train" if settings.backbone else "train")
+    if summary["problem"]:
+        print(f"error: {summary['problem']}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,28 +1,37 @@
-"""Checkpoint files: written atomically, read without unpickling, and the resumable training state.
+"""Checkpoint files: written atomically, hashed, read without unpickling, and the resumable training state.
 
 A checkpoint holds only tensors, numbers, strings, lists and dicts, so every load uses
-`torch.load(..., weights_only=True)`: a file carrying a pickle payload is refused, never run.
+`torch.load(..., weights_only=True)`: a file carrying a pickle payload is refused, never run. Its sha256 is
+recorded when it is written and checked when it is loaded (`encoding.checkpoint_hashes`).
 """
 
 from pathlib import Path
 
 import torch
 
+from encoding import checkpoint_hashes
 from encoding.atomic import atomic_target
+from encoding.cache_checks import sha256_of
 from encoding.errors import BadInput
 
 
 def save_checkpoint(payload: dict, path: Path) -> None:
-    """`torch.save` under a temporary name, then rename: a kill never leaves a half-written file."""
+    """`torch.save` under a temporary name, hash it, then rename: a kill never leaves a half-written file, and
+    the file's sha256 is in `checkpoints.json` next to it."""
+    path = Path(path)
     with atomic_target(path) as tmp:
         torch.save(payload, tmp)
+        digest = sha256_of(tmp)
+        checkpoint_hashes.record_pending(path, digest)
+    checkpoint_hashes.record_saved(path, digest)
 
 
-def load_checkpoint(path: Path, device="cpu") -> dict:
-    """A checkpoint dict written by this project, or BadInput naming the file."""
+def load_checkpoint(path: Path, device="cpu", verify: bool = True) -> dict:
+    """A checkpoint dict written by this project, or BadInput naming the file. `verify`: check its recorded sha256."""
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"{path}: checkpoint not found")
+    checkpoint_hashes.verified_sha256(path, verify)
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # truncated, not a torch file, or holding objects that would need unpickling

@@ -11,17 +11,18 @@ equals a single-process step on the global batch.
 import torch
 import torch.distributed as dist
 
-from encoding.runtime import resolve_device, torchrun_env
+from encoding.runtime import resolve_device, start_group, torchrun_env
 
 
 def start_distributed(device_name: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device); under torchrun starts the process group (nccl on CUDA, gloo on CPU)."""
+    """(rank, world size, device); under torchrun starts the process group (nccl on CUDA, gloo on CPU; a rank
+    missing after `RENDEZVOUS_TIMEOUT` is BadInput; collectives wait as long)."""
     rank, world, local_rank = torchrun_env()
     device = resolve_device(device_name, local_rank)
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        start_group("nccl" if device.type == "cuda" else "gloo", world)
     return rank, world, device
 
 

@@ -278,10 +278,11 @@ class Trainer:
             training_curves(self.history, self.out_dir / "training_curves.png")
             self.curves_at = time.monotonic()
 
-    def resume(self) -> None:
-        """Continue from `out_dir/last.pt`: same weights, optimizer, schedule, queues, RNG and history."""
+    def resume(self, verify: bool = True) -> None:
+        """Continue from `out_dir/last.pt`: same weights, optimizer, schedule, queues, RNG and history.
+        `verify`: check the file's recorded sha256."""
         path = self.out_dir / "last.pt"
-        state = load_checkpoint(path, self.device)
+        state = load_checkpoint(path, self.device, verify)
         self.load_weights(state, path)
         restore_resumable_state(self, state, path)
 

@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 import yaml  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from encoding.atomic import write_atomic  # noqa: E402
@@ -26,7 +27,7 @@ from pipeline.tuning.settings import TuneSettings  # noqa: E402
 from pipeline.tuning.storage import artifacts_dir  # noqa: E402
 
 PLOT_INTERVAL_S = 300
-ATTR_COLUMNS = ("best_epoch", "epochs_run", "worker", "pruned_because", "applied_options", "surplus")
+ATTR_COLUMNS = ("best_epoch", "epochs_run", "worker", "pruned_because", "failed_because", "applied_options", "surplus")
 
 
 def best_config(study: optuna.Study, settings: TuneSettings) -> dict | None:
@@ -66,6 +67,18 @@ def write_tables(study: optuna.Study, settings: TuneSettings) -> Path | None:
     return out / "best_config.yaml"
 
 
+def draw(plot, study: optuna.Study, params: set[str] | None):
+    """The 8 x 5 in figure of an optuna matplotlib `plot` (over `params` when given); an axis of trial numbers
+    gets whole-number ticks."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        axes = plot(study) if params is None else plot(study, params=sorted(params))
+    if axes.get_xlabel() == "Trial":
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.figure.set_size_inches(8, 5)
+    return axes.figure
+
+
 def write_plots(study: optuna.Study, settings: TuneSettings) -> dict[str, str]:
     """The optimisation-history and parameter-importance PNGs; returns {file: reason} for plots skipped."""
     out, skipped = artifacts_dir(settings.study_name), {}
@@ -82,11 +95,7 @@ def write_plots(study: optuna.Study, settings: TuneSettings) -> dict[str, str]:
                 " with varied parameters" if params is not None else ""
             )
             continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            axes = plot(study) if params is None else plot(study, params=sorted(params))
-        figure = axes.figure
-        figure.set_size_inches(8, 5)
+        figure = draw(plot, study, params)
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
         plt.close(figure)

@@ -2,12 +2,12 @@
 it on val.
 
 The cache splits are loaded once, when the objective is built (once per worker process). Every epoch
-reports the metric to the trial and asks the pruner. Any error while building or training the trial's
-model (a NaN/inf loss, a combination of values a head refuses, a shape torch rejects), and a trial in
-which no epoch ran, ends as PRUNED with the reason in its `pruned_because` user attr: it counts as
-finished, TPE learns to avoid the region, and the sweep goes on. `applied_options` records the
-head/loss keys the trial applied.
-"""
+reports the metric to the trial and asks the pruner. A combination of values the config or a head refuses,
+a NaN/inf loss (both `BadInput`), running out of device memory, and a trial in which no epoch ran end as
+PRUNED with the reason in the `pruned_because` user attr: it counts as finished, TPE learns to avoid the
+region, and the sweep goes on. Any other exception is a fault, not a property of the values: the trial
+ends as FAIL with the error in its `failed_because` user attr (`TrialError`), and the sweep goes on.
+`applied_options` records the head/loss keys the trial applied."""
 
 import os
 import socket
@@ -16,11 +16,20 @@ from dataclasses import replace
 from pathlib import Path
 
 import optuna
+import torch
 
 from encoding import cache
+from encoding.errors import BadInput
 from pipeline.data import load_splits
 from pipeline.tuning.algorithms import METRICS
 from pipeline.tuning.settings import TuneSettings
+
+FAILED_BECAUSE = "failed_because"
+PRUNABLE = (BadInput, torch.OutOfMemoryError)  # the sampled values' doing: the trial is pruned
+
+
+class TrialError(Exception):
+    """A trial raised an unexpected exception: the trial fails with it recorded, the sweep goes on."""
 
 
 def resolve_train_split(cache_dir: Path, wanted: str, fallback: str) -> str:
@@ -81,10 +90,14 @@ class Objective:
         except optuna.TrialPruned as pruned:
             trial.set_user_attr("pruned_because", str(pruned))
             raise
-        except Exception as err:  # any failure of this combination prunes the trial, never the sweep
+        except PRUNABLE as err:
             reason = f"{type(err).__name__}: {err}"
             trial.set_user_attr("pruned_because", reason)
             raise optuna.TrialPruned(reason) from err
+        except Exception as err:  # a fault fails this trial, never the sweep
+            reason = f"{type(err).__name__}: {err}"
+            trial.set_user_attr(FAILED_BECAUSE, reason)
+            raise TrialError(reason) from err
         best = self.better(scores)
         trial.set_user_attr("best_epoch", scores.index(best))
         trial.set_user_attr("epochs_run", len(scores))

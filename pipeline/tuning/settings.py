@@ -4,7 +4,9 @@ Keys: `study_name`, `direction` (maximize|minimize), `metric` (rsum, R@1, i2t_R@
 `pruner`, `n_trials`, `timeout`, `train_split` (default `tuning`), `heartbeat_interval`,
 `grace_period`, `max_retry`, `base_config` (a mapping, or a path relative to the optuna config),
 `search_space` and `conditional`. Every search-space bound and choice is checked against the
-experiment config schema, so a typo fails here with the key named, not hours into a sweep. The base
+experiment config schema, as the type the sampler draws (a `type: float` space on an int key fails), and
+a `model`/`loss` key must be taken by some head or loss the study can sample, so a typo or a key no trial
+would apply fails here with the key named, not hours into a sweep. The base
 config may hold `model`/`loss` keys of several heads and losses: each trial applies only the keys of
 the head and loss it samples (`TuneSettings.experiment`), every other key takes that head's default.
 The base config may also be a backbone config (`xalign backbone-train`: an `augment` section, or a
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from encoding.errors import BadInput
+from encoding.safe_load import shown
 from pipeline.backbone import config as backbone_config
 from pipeline.backbone.trainers import trainer_class
 from pipeline.config import (
@@ -23,6 +26,7 @@ from pipeline.config import (
     apply_overrides,
     from_dict,
     read_yaml_mapping,
+    required_loss,
     without_foreign_options,
 )
 from pipeline.heads import HEADS, HeadOptions
@@ -131,7 +135,7 @@ def load_settings(path: Path, overrides: list[str] = ()) -> TuneSettings:
 
 def settings_from_dict(raw: dict, base_dir: Path = Path("."), overrides=(), source: str = "<dict>") -> TuneSettings:
     if not isinstance(raw, dict):
-        raise BadInput(f"expected a mapping at the top level, got {raw!r}")
+        raise BadInput(f"expected a mapping at the top level, got {shown(raw)}")
     valid = (*REQUIRED, *DEFAULTS)
     unknown = sorted(set(raw) - set(valid))
     if unknown:
@@ -145,6 +149,7 @@ def settings_from_dict(raw: dict, base_dir: Path = Path("."), overrides=(), sour
     space = parse_space(
         values["search_space"], values["conditional"], lambda key, value: _check_value(base, key, value)
     )
+    _check_sampled(base, space)
     sampler = normalise_choice(values["sampler"], "sampler", SAMPLERS)
     pruner = normalise_choice(values["pruner"], "pruner", PRUNERS)
     build_sampler(sampler, space), build_pruner(pruner)  # options are checked by constructing once
@@ -169,22 +174,22 @@ def settings_from_dict(raw: dict, base_dir: Path = Path("."), overrides=(), sour
 def _check_scalars(values: dict) -> None:
     name = values["study_name"]
     if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-        raise BadInput(f"study_name: expected a non-empty name usable as a file name, got {name!r}")
+        raise BadInput(f"study_name: expected a non-empty name usable as a file name, got {shown(name)}")
     if values["direction"] not in DIRECTIONS:
         raise BadInput(f"direction: '{values['direction']}' is not one of {', '.join(DIRECTIONS)}")
     METRICS.get(values["metric"], key="metric")
     for key in POSITIVE_INTS:
         if not isinstance(values[key], int) or isinstance(values[key], bool) or values[key] < 1:
-            raise BadInput(f"{key}: expected a positive integer, got {values[key]!r}")
+            raise BadInput(f"{key}: expected a positive integer, got {shown(values[key])}")
     if not isinstance(values["max_retry"], int) or values["max_retry"] < 0:
-        raise BadInput(f"max_retry: expected an integer >= 0, got {values['max_retry']!r}")
+        raise BadInput(f"max_retry: expected an integer >= 0, got {shown(values['max_retry'])}")
     if values["grace_period"] <= values["heartbeat_interval"]:
         raise BadInput("grace_period: must be longer than heartbeat_interval")
     timeout = values["timeout"]
     if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
-        raise BadInput(f"timeout: expected a positive number of seconds or null, got {timeout!r}")
+        raise BadInput(f"timeout: expected a positive number of seconds or null, got {shown(timeout)}")
     if not isinstance(values["train_split"], str):
-        raise BadInput(f"train_split: expected a split name, got {values['train_split']!r}")
+        raise BadInput(f"train_split: expected a split name, got {shown(values['train_split'])}")
 
 
 def _base_config(raw, base_dir: Path, overrides: list[str]) -> dict:
@@ -195,7 +200,7 @@ def _base_config(raw, base_dir: Path, overrides: list[str]) -> dict:
             raise BadInput(f"base_config: {path} not found")
         raw = read_yaml_mapping(path, "base config")
     if not isinstance(raw, dict):
-        raise BadInput(f"base_config: expected a mapping or a path to an experiment YAML, got {raw!r}")
+        raise BadInput(f"base_config: expected a mapping or a path to an experiment YAML, got {shown(raw)}")
     base = apply_overrides(raw, overrides)
     try:
         validate(base)
@@ -212,11 +217,64 @@ def _check_value(base: dict, key: str, value) -> None:
     section, leaf = key.split(".", 1)
     values = with_values(base, {key: value})
     registry = ({"loss": LOSSES} if backbone else {"model": HEADS, "loss": LOSSES}).get(section)
-    if registry is not None and leaf != "type":
+    takers = [] if registry is None or leaf == "type" else _takers(registry, leaf)
+    if takers:
         chosen = values[section].get("type", (HeadOptions if section == "model" else LossOptions).type)
-        if leaf not in option_names(registry.get(chosen)):
-            takers = [name for name in registry.names() if leaf in option_names(registry.get(name))]
-            if not takers:
-                raise BadInput(f"unknown config key '{key}'; no {registry.kind} takes it")
+        if chosen not in takers:
             values[section]["type"] = takers[0]
-    validate(values)
+    elif registry is not None and leaf != "type":
+        raise BadInput(f"unknown config key '{key}'; no {registry.kind} takes it")
+    try:
+        validate(values)
+    except BadInput as err:
+        if not takers:
+            raise
+        raise BadInput(f"{err} ({registry.kind}s that take '{key}': {', '.join(takers)})") from err
+
+
+def _takers(registry, leaf: str) -> list[str]:
+    """The registered heads (or losses) that take the option `leaf`."""
+    return [name for name in registry.names() if leaf in option_names(registry.get(name))]
+
+
+def _check_sampled(base: dict, space: SearchSpace) -> None:
+    """BadInput for a `model`/`loss` search-space key that no head or loss the study can sample takes: no trial
+    would apply it, yet it would be reported as a best parameter. (Backbone studies have no head registry.)"""
+    if is_backbone_config(base):
+        return
+    keys = [("search_space", key, {}) for key in space.params]
+    for parent, branches in space.conditional.items():
+        keys += [(f"conditional.{parent}.{value}", key, {parent: value}) for value, b in branches.items() for key in b]
+    for where, key, fixed in keys:
+        section, leaf = key.split(".", 1)
+        registry = {"model": HEADS, "loss": LOSSES}.get(section)
+        if registry is None or leaf == "type":
+            continue
+        sampled = _sampled_types(base, space, section, fixed)
+        takers = _takers(registry, leaf)
+        if not sampled & set(takers):
+            raise BadInput(
+                f"{where}.{key}: no {registry.kind} this study samples ({', '.join(sorted(sampled))}) takes it, "
+                f"so no trial would apply it; {registry.kind}s that take '{key}': {', '.join(takers)}"
+            )
+
+
+def _sampled_types(base: dict, space: SearchSpace, section: str, fixed: dict) -> set[str]:
+    """The heads (`section` model) or losses (loss) a trial can run with, given the `fixed` conditional values."""
+
+    def drawn(key: str) -> list:
+        spec = space.params.get(key)
+        if key in fixed:
+            return [fixed[key]]
+        return list(spec.choices) if spec is not None and spec.type == "categorical" else [None]
+
+    names = set()
+    for head in drawn("model.type"):
+        for loss in drawn("loss.type"):
+            chosen = {k: v for k, v in (("model.type", head), ("loss.type", loss)) if v is not None}
+            values = with_values(base, chosen)
+            if section == "model":
+                names.add((values.get("model") or {}).get("type", HeadOptions.type))
+            else:
+                names.add((values.get("loss") or {}).get("type") or required_loss(values) or LossOptions.type)
+    return names

@@ -12,6 +12,7 @@ from typing import Any
 import optuna
 
 from encoding.errors import BadInput
+from encoding.safe_load import shown
 
 SPEC_FIELDS = {
     "float": ("low", "high", "log", "step"),
@@ -40,8 +41,11 @@ class ParamSpec:
         return suggest(name, self.low, self.high, log=self.log, **({"step": self.step} if self.step else {}))
 
     def extremes(self) -> tuple:
-        """The values that bound what `suggest` can return: checked against the config at load."""
-        return self.choices if self.type == "categorical" else (self.low, self.high)
+        """The values that bound what `suggest` can return, of the type it returns: checked against the config
+        at load (`type: float` on an int key fails here, not in every trial)."""
+        if self.type == "categorical":
+            return self.choices
+        return (self.low, self.high) if self.type == "int" else (float(self.low), float(self.high))
 
     def grid_values(self, name: str) -> list:
         """Every value of this dimension, for the grid sampler."""
@@ -90,7 +94,7 @@ class SearchSpace:
 def parse_spec(raw, where: str) -> ParamSpec:
     """A spec mapping → `ParamSpec`, or BadInput naming `where` (e.g. `search_space.training.learning_rate`)."""
     if not isinstance(raw, dict) or raw.get("type") not in SPEC_FIELDS:
-        raise BadInput(f"{where}: expected a mapping with type: one of {', '.join(SPEC_FIELDS)}; got {raw!r}")
+        raise BadInput(f"{where}: expected a mapping with type: one of {', '.join(SPEC_FIELDS)}; got {shown(raw)}")
     kind = raw["type"]
     unknown = sorted(set(raw) - {"type", *SPEC_FIELDS[kind]})
     if unknown:
@@ -102,10 +106,10 @@ def parse_spec(raw, where: str) -> ParamSpec:
 
 def _categorical(choices, where: str) -> ParamSpec:
     if not isinstance(choices, list) or not choices:
-        raise BadInput(f"{where}.choices: expected a non-empty list, got {choices!r}")
+        raise BadInput(f"{where}.choices: expected a non-empty list, got {shown(choices)}")
     bad = [c for c in choices if not isinstance(c, CATEGORICAL_TYPES)]
     if bad:
-        raise BadInput(f"{where}.choices: {bad[0]!r} is not a str, int, float, bool or null")
+        raise BadInput(f"{where}.choices: {shown(bad[0])} is not a str, int, float, bool or null")
     return ParamSpec("categorical", choices=tuple(choices))
 
 
@@ -120,11 +124,11 @@ def _numeric(kind: str, raw: dict, where: str) -> ParamSpec:
             except ValueError:
                 pass
         if (value is not None or name != "step") and (not isinstance(value, number) or isinstance(value, bool)):
-            raise BadInput(f"{where}.{name}: expected {'an int' if kind == 'int' else 'a number'}, got {value!r}")
+            raise BadInput(f"{where}.{name}: expected {'an int' if kind == 'int' else 'a number'}, got {shown(value)}")
         values[name] = value
     log = raw.get("log", False)
     if not isinstance(log, bool):
-        raise BadInput(f"{where}.log: expected true or false, got {log!r}")
+        raise BadInput(f"{where}.log: expected true or false, got {shown(log)}")
     if values["low"] >= values["high"]:
         raise BadInput(f"{where}: low ({values['low']}) must be below high ({values['high']})")
     if log and (values["low"] <= 0 or values["step"] is not None):

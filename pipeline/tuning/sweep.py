@@ -1,7 +1,7 @@
-"""A whole sweep: the study, its worker processes, the artifacts, and a summary with the per-trial overhead."""
+"""A whole sweep: the study, its worker processes, a line per finished trial, the artifacts, and a summary
+with the per-trial overhead and, when the sweep did not succeed, the `problem` (no trial completed, or
+workers died before the study was done)."""
 
-import multiprocessing
-import os
 import time
 from pathlib import Path
 
@@ -11,9 +11,12 @@ from encoding.errors import BadInput
 from encoding.fingerprints import sha256_json
 from pipeline import provenance
 from pipeline.tuning.artifacts import write_plots, write_summary, write_tables
+from pipeline.tuning.objective import FAILED_BECAUSE
+from pipeline.tuning.processes import Workers
+from pipeline.tuning.progress import Progress
 from pipeline.tuning.settings import TuneSettings
 from pipeline.tuning.storage import create_study, safe_url
-from pipeline.tuning.worker import run_worker
+from pipeline.tuning.worker import count_finished, run_worker
 
 
 def run_sweep(settings: TuneSettings, url: str, n_trials: int, timeout: float | None, workers: int) -> dict:
@@ -21,9 +24,13 @@ def run_sweep(settings: TuneSettings, url: str, n_trials: int, timeout: float | 
     Returns the summary written to summary.json, plus that file's path under `summary_path`."""
     study = create_study(url, settings)  # schema and study exist before any worker starts
     bind_study(study, settings, url)
-    print(f"study '{settings.study_name}' ({safe_url(url)}): {len(finished(study))} of {n_trials} trials finished")
-    start = time.perf_counter()
-    stats = run_workers(settings, url, n_trials, timeout, workers)
+    print(f"study '{settings.study_name}' ({safe_url(url)}): {count_finished(study)} of {n_trials} trials finished")
+    start, progress = time.perf_counter(), Progress(settings, study)
+    if workers == 1:
+        stats, lost = [run_worker(settings, url, n_trials, timeout, callbacks=(progress,))], 0
+    else:
+        pool = Workers(settings, url, n_trials, timeout, workers)
+        stats, lost = pool.run(study, progress), pool.lost
     summary = {
         "study": settings.study_name,
         "storage": safe_url(url),
@@ -34,6 +41,8 @@ def run_sweep(settings: TuneSettings, url: str, n_trials: int, timeout: float | 
         "wall_seconds": round(time.perf_counter() - start, 3),
         **{state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState},
         "overhead": overhead(stats),
+        "workers_lost": lost,
+        "problem": problem(study, n_trials, lost),
     }
     best_path = write_tables(study, settings)
     summary["plots_skipped"] = write_plots(study, settings)
@@ -67,8 +76,26 @@ def bind_study(study, settings: TuneSettings, url: str) -> None:
         )
 
 
-def finished(study) -> list:
-    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+def problem(study, n_trials: int, lost: int) -> str | None:
+    """Why the sweep failed, or None: no trial completed (with the first failed or pruned trial's reason), or
+    workers died before the study held `n_trials` finished trials."""
+    trials = study.get_trials(deepcopy=False)
+    if not any(t.state == TrialState.COMPLETE for t in trials):
+        failed = [t for t in trials if FAILED_BECAUSE in t.user_attrs] or [
+            t for t in trials if t.state == TrialState.PRUNED
+        ]
+        if not failed:
+            return f"no trial of study '{study.study_name}' completed"
+        first = failed[0]
+        reason = first.user_attrs.get(FAILED_BECAUSE, first.user_attrs.get("pruned_because", "pruned"))
+        return f"no trial of study '{study.study_name}' completed; trial {first.number} {first.state.name}: {reason}"
+    finished = count_finished(study)
+    if lost and finished < n_trials:
+        return (
+            f"{lost} worker process(es) died and the study holds {finished} of {n_trials} finished trials; "
+            "rerun the same command to continue"
+        )
+    return None
 
 
 def overhead(stats: list[dict]) -> dict:
@@ -88,12 +115,3 @@ def overhead(stats: list[dict]) -> dict:
         "overhead_fraction_with_setup": round(1 - epoch_s / (trial_s + setup_s), 4) if trial_s else None,
     }
 
-
-def run_workers(settings: TuneSettings, url: str, n_trials: int, timeout: float | None, workers: int) -> list[dict]:
-    """Run the worker loop here (one worker) or in `workers` spawned processes."""
-    if workers == 1:
-        return [run_worker(settings, url, n_trials, timeout)]
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    jobs = [(settings, url, n_trials, timeout, k, threads) for k in range(workers)]
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        return pool.starmap(run_worker, jobs)

@@ -1,8 +1,10 @@
 """One worker process of a sweep: runs trials until the study holds `n_trials` finished ones.
 
-Finished means COMPLETE or PRUNED, counted in the storage, so a rerun after a crash continues where
-the study stands, and any number of workers (processes or machines) share the count. A worker
-starts a trial only while finished + running < n_trials; when the running ones belong to others it
+Finished means COMPLETE or PRUNED, or FAILed with the objective's error recorded (`TrialError`: an error
+that would recur, so it is not retried), counted in the storage, so a rerun after a crash continues where
+the study stands, and any number of workers (processes or machines) share the count. A trial whose
+worker died is failed by the heartbeat with no error recorded: it does not count, its retry runs instead.
+A worker starts a trial only while finished + running < n_trials; when the running ones belong to others it
 waits, failing stale trials (heartbeat) so their retries are picked up. Two workers racing for the
 last slot are settled by trial number: the later one is failed as surplus before it trains.
 The sampler is built once the study is open, seeded by the worker index and the number of trials the
@@ -21,11 +23,9 @@ from optuna.trial import TrialState
 
 from pipeline.tuning.algorithms import build_pruner, build_sampler
 from pipeline.tuning.artifacts import ImprovementWriter
-from pipeline.tuning.objective import Objective
+from pipeline.tuning.objective import FAILED_BECAUSE, Objective, TrialError
 from pipeline.tuning.settings import TuneSettings
 from pipeline.tuning.storage import create_study
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 class SurplusTrial(Exception):
@@ -44,17 +44,21 @@ class WorkerStats:
         return asdict(self)
 
 
-def count_states(study: optuna.Study) -> dict[TrialState, int]:
-    counts = dict.fromkeys(TrialState, 0)
-    for trial in study.get_trials(deepcopy=False):
-        counts[trial.state] += 1
-    return counts
+def is_finished(trial: optuna.trial.FrozenTrial) -> bool:
+    """COMPLETE, PRUNED, or FAIL with the objective's error recorded (a heartbeat failure is retried instead)."""
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+        trial.state == TrialState.FAIL and FAILED_BECAUSE in trial.user_attrs
+    )
+
+
+def count_finished(study: optuna.Study) -> int:
+    return sum(map(is_finished, study.get_trials(deepcopy=False)))
 
 
 def claims_before(study: optuna.Study, number: int) -> int:
     """Finished trials, plus running trials numbered below `number`."""
     return sum(
-        t.state in FINISHED or (t.state == TrialState.RUNNING and t.number < number)
+        is_finished(t) or (t.state == TrialState.RUNNING and t.number < number)
         for t in study.get_trials(deepcopy=False)
     )
 
@@ -62,6 +66,11 @@ def claims_before(study: optuna.Study, number: int) -> int:
 def grid_exhausted(sampler: optuna.samplers.BaseSampler, study: optuna.Study) -> bool:
     """True once a grid sampler has handed out every point (it would repeat points from then on)."""
     return isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
+
+
+def study_done(study: optuna.Study, n_trials: int, sampler: optuna.samplers.BaseSampler) -> bool:
+    """The study holds `n_trials` finished trials, or its grid has no point left."""
+    return count_finished(study) >= n_trials or grid_exhausted(sampler, study)
 
 
 def fail_orphaned_trials(study: optuna.Study, grace_period: int) -> None:
@@ -75,11 +84,18 @@ def fail_orphaned_trials(study: optuna.Study, grace_period: int) -> None:
 
 
 def run_worker(
-    settings: TuneSettings, url: str, n_trials: int, timeout: float | None, worker: int = 0, threads: int | None = None
+    settings: TuneSettings,
+    url: str,
+    n_trials: int,
+    timeout: float | None,
+    worker: int = 0,
+    threads: int | None = None,
+    callbacks: tuple = (),
 ) -> dict:
     """Run trials of the shared study until it has `n_trials` finished or `timeout` seconds pass.
 
-    `threads` caps torch's CPU threads, so N workers on one machine share its cores instead of oversubscribing.
+    `threads` caps torch's CPU threads, so N workers on one machine share its cores instead of oversubscribing;
+    `callbacks` are study callbacks called after each trial, besides the one writing the best config.
     """
     if threads is not None:
         torch.set_num_threads(threads)
@@ -88,7 +104,7 @@ def run_worker(
     study.sampler = build_sampler(settings.sampler, settings.space, worker, trials)
     objective = Objective(settings)
     stats = WorkerStats(setup_seconds=objective.setup_seconds)
-    writer = ImprovementWriter(settings)
+    callbacks = [ImprovementWriter(settings), *callbacks]
     poll = min(1.0, settings.heartbeat_interval / 2)
     deadline = None if timeout is None else time.monotonic() + timeout
 
@@ -99,11 +115,11 @@ def run_worker(
         return objective(trial)
 
     while deadline is None or time.monotonic() < deadline:
-        counts = count_states(study)
-        finished = sum(counts[s] for s in FINISHED)
+        trials = study.get_trials(deepcopy=False)
+        finished = sum(map(is_finished, trials))
         if finished >= n_trials or grid_exhausted(study.sampler, study):
             break
-        if finished + counts[TrialState.RUNNING] >= n_trials:
+        if finished + sum(t.state == TrialState.RUNNING for t in trials) >= n_trials:
             time.sleep(poll)  # the others' trials finish, or go stale and come back as retries
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -111,7 +127,7 @@ def run_worker(
             fail_orphaned_trials(study, settings.grace_period)
             continue
         start, epochs_before = time.perf_counter(), objective.epoch_seconds
-        study.optimize(guarded, n_trials=1, callbacks=[writer], catch=(SurplusTrial,))
+        study.optimize(guarded, n_trials=1, callbacks=callbacks, catch=(SurplusTrial, TrialError))
         stats.trial_seconds.append(time.perf_counter() - start)
         stats.epoch_seconds.append(objective.epoch_seconds - epochs_before)
     return stats.to_dict()

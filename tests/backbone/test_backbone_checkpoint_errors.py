@@ -1,6 +1,6 @@
 """Backbone runs: `backbone-train --resume` with another architecture or a damaged last.pt, and `evaluate` of
-a damaged best.pt, are bad input (exit 2 naming the file). The checkpoints are written without training (no
-image is decoded), so a synthetic cache serves."""
+a damaged best.pt, are bad input (exit 2 naming the file): caught by the recorded sha256, and with `--no-verify`
+by the loader. The checkpoints are written without training (no image is decoded), so a synthetic cache serves."""
 
 from pathlib import Path
 
@@ -44,6 +44,8 @@ def test_resume_from_a_damaged_last_pt_is_bad_input(backbone_run, capsys, how):
     data = (run / "last.pt").read_bytes()
     (run / "last.pt").write_bytes(b"\x00garbage" * 64 if how == "garbage" else data[: len(data) // 2])
     assert cli.main(["backbone-train", str(config), "--resume"]) == 2
+    assert f"{LAST}: sha256 " in capsys.readouterr().err
+    assert cli.main(["backbone-train", str(config), "--resume", "--no-verify"]) == 2
     assert f"{LAST}: not a readable checkpoint of this project" in capsys.readouterr().err
 
 
@@ -51,4 +53,6 @@ def test_evaluate_refuses_a_damaged_backbone_checkpoint(backbone_run, capsys):
     _, run = backbone_run
     (run / "best.pt").write_bytes(b"PK\x03\x04 truncated zip")
     assert cli.main(["evaluate", str(run)]) == 2
+    assert f"{run / 'best.pt'}: sha256 " in capsys.readouterr().err
+    assert cli.main(["evaluate", str(run), "--no-verify"]) == 2
     assert f"{run / 'best.pt'}: not a readable checkpoint of this project" in capsys.readouterr().err

@@ -1,16 +1,15 @@
 """Bad checkpoints and diverging runs are bad input (exit 2 naming the file), never a traceback:
 `train --resume` with another architecture or a damaged last.pt, `evaluate` of a damaged best.pt or of
-one carrying a pickle payload (never run), and a loss that turns NaN."""
+one carrying a pickle payload (never run), and a loss that turns NaN. A damaged checkpoint is caught by its
+recorded sha256 first; with `--no-verify` the loader still refuses it."""
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_synthetic_cache
+from conftest import write_head_config
 
-from encoding.commands import split
 from pipeline import cli
 from pipeline.training.heads import HeadTrainer
 
@@ -25,15 +24,6 @@ class Payload:
         return os.system, (f"touch {self.marker}",)
 
 
-def _config(tmp_path: Path, cache: Path, learning_rate: float = 1e-3) -> Path:
-    path = tmp_path / "c.yaml"
-    path.write_text(
-        f"name: x\ndata: {{cache: {cache}}}\nmodel: {{output_dim: 8, hidden_dim: 16}}\n"
-        f"training: {{num_epochs: 2, batch_size: 8, device: cpu, learning_rate: {learning_rate}}}\n"
-    )
-    return path
-
-
 def damage(path: Path, how: str, marker: Path) -> None:
     """Replace the checkpoint at `path` with garbage, its first half, or a pickle payload."""
     if how == "garbage":
@@ -44,34 +34,15 @@ def damage(path: Path, how: str, marker: Path) -> None:
         torch.save({"model": Payload(marker)}, path)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(directory, config) of a finished two-epoch run `results/x`, trained once for the module."""
-    root = tmp_path_factory.mktemp("trained")
-    cache = write_synthetic_cache(root / "cache")
-    assert split.main([str(cache), "--val", "10", "--test", "10", "--seed", "0"]) == 0
-    config = _config(root, cache)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        assert cli.main(["train", str(config)]) == 0
-    return root, config
-
-
-@pytest.fixture
-def run_copy(trained, tmp_path, monkeypatch):
-    """A private copy of the trained run under `tmp_path` (the working directory); returns (run, config)."""
-    root, config = trained
-    shutil.copytree(root / "results", tmp_path / "results")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path / "results" / "x", config
-
-
 @pytest.mark.parametrize("how", ["garbage", "truncated", "payload"])
 def test_resume_from_a_damaged_last_pt_is_bad_input(run_copy, tmp_path, capsys, how):
     run, config = run_copy
     marker = tmp_path / "MARKER"
     damage(run / "last.pt", how, marker)
-    assert cli.main(["train", str(config), "--resume", "--set", "training.num_epochs=3"]) == 2
+    argv = ["train", str(config), "--resume", "--set", "training.num_epochs=3"]
+    assert cli.main(argv) == 2
+    assert f"{Path('results') / 'x' / 'last.pt'}: sha256 " in capsys.readouterr().err  # caught by its hash
+    assert cli.main([*argv, "--no-verify"]) == 2
     err = capsys.readouterr().err
     assert f"{Path('results') / 'x' / 'last.pt'}: not a readable checkpoint of this project" in err
     assert not marker.exists()
@@ -94,6 +65,8 @@ def test_evaluate_of_a_damaged_best_pt_is_bad_input(run_copy, tmp_path, capsys, 
     marker = tmp_path / "MARKER"
     damage(run / "best.pt", how, marker)
     assert cli.main(["evaluate", str(run)]) == 2
+    assert f"{run / 'best.pt'}: sha256 " in capsys.readouterr().err  # caught by its hash
+    assert cli.main(["evaluate", str(run), "--no-verify"]) == 2
     assert f"{run / 'best.pt'}: not a readable checkpoint of this project" in capsys.readouterr().err
     assert not marker.exists()
 
@@ -101,7 +74,7 @@ def test_evaluate_of_a_damaged_best_pt_is_bad_input(run_copy, tmp_path, capsys, 
 def test_a_diverging_run_exits_2_naming_the_config_and_the_keys(synthetic_cache, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(HeadTrainer, "batch_loss", lambda self, batch: torch.tensor(float("nan"), requires_grad=True))
-    config = _config(tmp_path, synthetic_cache)
+    config = write_head_config(tmp_path, synthetic_cache)
     assert cli.main(["train", str(config)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {config}: epoch 0: training loss is nan; the run diverged")
@@ -110,5 +83,5 @@ def test_a_diverging_run_exits_2_naming_the_config_and_the_keys(synthetic_cache,
 
 def test_a_huge_learning_rate_diverges_into_exit_2(synthetic_cache, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["train", str(_config(tmp_path, synthetic_cache, learning_rate=1e30))]) == 2
+    assert cli.main(["train", str(write_head_config(tmp_path, synthetic_cache, learning_rate=1e30))]) == 2
     assert "training loss is nan; the run diverged" in capsys.readouterr().err

@@ -131,6 +131,8 @@ def test_torchrun_ranks_other_than_0_neither_lock_nor_delete(tmp_path, monkeypat
     (run / "last.pt").write_bytes(b"rank 0 replaces it")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
+    for name, value in {"LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(name, value)  # the rest of a torchrun environment
     with writing_run("x", resume=False, overwrite=True, results=tmp_path / "results") as out_dir:
         assert out_dir == run and (run / "last.pt").exists()
     monkeypatch.setenv("RANK", "0")

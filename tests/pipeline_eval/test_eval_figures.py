@@ -51,7 +51,7 @@ def test_retrieval_gallery_png(tmp_path):
     rows = np.array([[0, 1, 2, 3, 4], [5, 4, 3, 2, 1], [1, 0, 5, 2, 3]])
     scores = np.sort(np.random.default_rng(0).random((3, 5)))[:, ::-1]
     queries = ["a red square", "a long caption " * 6, "third"]
-    plots.retrieval_gallery(queries, rows, scores, [str(p) for p in paths], [0, 2, 4], tmp_path / "g.png")
+    plots.retrieval_gallery(queries, rows, scores, [str(p) for p in paths], [0, 2, 4], [1, 4, 6], tmp_path / "g.png")
     assert png_size(tmp_path / "g.png") == (1100, 720)  # 5 x 220 wide, 3 x 240 high
 
 

@@ -1,5 +1,5 @@
-"""A trial that fails in any way (an exception while building or training, a combination a head refuses, no
-epoch run) is pruned with the reason in trials.csv, and the sweep goes on to exit 0."""
+"""A combination a head refuses and a trial with no epoch run are pruned with the reason in trials.csv; an
+unexpected exception fails only its trial, with the error in trials.csv; the sweep goes on to exit 0."""
 
 import csv
 
@@ -32,7 +32,7 @@ def _rows(tmp_path) -> list[dict]:
     return list(csv.DictReader((tmp_path / "results" / "optuna" / "tiny_study" / "trials.csv").open()))
 
 
-def test_an_exception_in_the_model_build_prunes_only_that_trial(synthetic_cache, tmp_path, monkeypatch):
+def test_an_exception_in_the_model_build_fails_only_that_trial(synthetic_cache, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     build = heads.build_model_and_loss
 
@@ -45,8 +45,8 @@ def test_an_exception_in_the_model_build_prunes_only_that_trial(synthetic_cache,
     config = _sweep(tmp_path, synthetic_cache, HIDDEN, [{"model.hidden_dim": h} for h in (16, 32, 16)])
     assert cli.main(["tune", str(config), "--n-trials", "3"]) == 0
     rows = _rows(tmp_path)
-    assert [r["state"] for r in rows] == ["PRUNED", "COMPLETE", "PRUNED"]
-    assert all(rows[i]["pruned_because"] == "RuntimeError: injected failure" for i in (0, 2))
+    assert [r["state"] for r in rows] == ["FAIL", "COMPLETE", "FAIL"]
+    assert all(rows[i]["failed_because"] == "RuntimeError: injected failure" for i in (0, 2))
 
 
 def test_a_combination_the_head_refuses_is_pruned_and_the_sweep_exits_0(synthetic_cache, tmp_path, monkeypatch):

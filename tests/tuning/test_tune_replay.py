@@ -9,15 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-import optuna
 import pytest
-import sqlalchemy
 from optuna.trial import TrialState
-from tune_support import write_optuna_config
+from tune_support import study_trials, write_optuna_config
 
 from pipeline import cli
 from pipeline.tuning.algorithms import sampler_seed
-from pipeline.tuning.storage import default_url
 
 REPO = Path(__file__).resolve().parents[2]
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -34,16 +31,8 @@ def _config(tmp_path: Path, cache: Path, sampler: str) -> Path:
     )
 
 
-def _trials(cwd: Path) -> list[optuna.trial.FrozenTrial]:
-    url = default_url("tiny_study").replace("sqlite:///", f"sqlite:///{cwd}/")
-    try:
-        return optuna.load_study(study_name="tiny_study", storage=url).get_trials()
-    except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # the sweep is still creating the tables or the study
-        return []
-
-
 def _finished_params(cwd: Path) -> list[tuple]:
-    return [tuple(sorted(t.params.items())) for t in _trials(cwd) if t.state in FINISHED]
+    return [tuple(sorted(t.params.items())) for t in study_trials(cwd) if t.state in FINISHED]
 
 
 def _tune(config: Path, cwd: Path, n_trials: int) -> subprocess.Popen:

@@ -7,12 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-import optuna
-import sqlalchemy
 from optuna.trial import TrialState
-from tune_support import write_optuna_config
-
-from pipeline.tuning.storage import default_url
+from tune_support import study_trials, write_optuna_config
 
 REPO = Path(__file__).resolve().parents[2]
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -24,19 +20,11 @@ def _tune(config: Path, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=cwd, env=env, start_new_session=True, stdout=subprocess.PIPE, text=True)
 
 
-def _trials(cwd: Path) -> list[optuna.trial.FrozenTrial]:
-    url = default_url("tiny_study").replace("sqlite:///", f"sqlite:///{cwd}/")
-    try:
-        return optuna.load_study(study_name="tiny_study", storage=url).get_trials()
-    except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # the sweep is still creating the tables or the study
-        return []
-
-
 def _wait_mid_trial(process: subprocess.Popen, cwd: Path, timeout: float = 90) -> None:
     """Until one trial finished and another has reported an epoch."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
-        trials = _trials(cwd) if (cwd / "results" / "optuna" / "tiny_study.db").exists() else []
+        trials = study_trials(cwd)
         finished = [t for t in trials if t.state in FINISHED]
         running = [t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values]
         if finished and running:
@@ -53,13 +41,13 @@ def test_kill_mid_trial_and_resume(synthetic_cache, tmp_path):
     _wait_mid_trial(first, tmp_path)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
-    killed = [t for t in _trials(tmp_path) if t.state == TrialState.RUNNING]
+    killed = [t for t in study_trials(tmp_path) if t.state == TrialState.RUNNING]
     assert len(killed) == 1
 
     second = _tune(config, tmp_path)
     out, _ = second.communicate(timeout=180)
     assert second.returncode == 0, out
-    trials = _trials(tmp_path)
+    trials = study_trials(tmp_path)
     numbers = [t.number for t in trials]
     assert len(numbers) == len(set(numbers))
     assert sum(t.state in FINISHED for t in trials) == 4

@@ -155,7 +155,10 @@ def test_base_config_path_is_relative_to_the_optuna_config(tmp_path):
     (tmp_path / "experiments").mkdir()
     (tmp_path / "experiments" / "base.yaml").write_text(yaml.safe_dump({"name": "b", "model": {"type": "linear"}}))
     (tmp_path / "sweeps").mkdir()
-    path = write_optuna_config(tmp_path / "sweeps" / "tune.yaml", tmp_path, base_config="../experiments/base.yaml")
+    space = {"training.learning_rate": {"type": "float", "low": 1e-3, "high": 3e-2}}  # linear has no hidden_dim
+    path = write_optuna_config(
+        tmp_path / "sweeps" / "tune.yaml", tmp_path, base_config="../experiments/base.yaml", search_space=space
+    )
     assert load_settings(path).base["model"]["type"] == "linear"
 
 

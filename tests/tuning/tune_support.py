@@ -2,7 +2,11 @@
 
 from pathlib import Path
 
+import optuna
+import sqlalchemy
 import yaml
+
+from pipeline.tuning.storage import default_url
 
 
 def base_config(cache: Path, **training) -> dict:
@@ -44,3 +48,14 @@ def write_optuna_config(path: Path, cache: Path, training: dict | None = None, *
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def study_trials(cwd: Path, study: str = "tiny_study") -> list[optuna.trial.FrozenTrial]:
+    """The trials of `study` in the SQLite file under `cwd`; [] while the sweep has not created it yet."""
+    if not (cwd / "results" / "optuna" / f"{study}.db").exists():
+        return []
+    url = default_url(study).replace("sqlite:///", f"sqlite:///{cwd}/")
+    try:
+        return optuna.load_study(study_name=study, storage=url).get_trials()
+    except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # the sweep is still creating the tables or the study
+        return []
