@@ -30,7 +30,10 @@ def _run_two_workers(config, storage: str | None, study_name: str) -> list[optun
 
 def test_two_workers_share_an_sqlite_study(synthetic_cache, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    config = write_optuna_config(tmp_path / "tune.yaml", synthetic_cache, training={"num_epochs": 15})
+    # trials long enough (patience off) that the second spawned worker, importing torch on a loaded machine,
+    # starts before the first has finished all six
+    training = {"num_epochs": 40, "patience": 1000}
+    config = write_optuna_config(tmp_path / "tune.yaml", synthetic_cache, training=training)
     trials = _run_two_workers(config, None, "tiny_study")
     assert (tmp_path / "results" / "optuna" / "tiny_study" / "best_config.yaml").exists()
     sampled = [tuple(sorted(t.params.items())) for t in trials if t.state in FINISHED]
@@ -58,7 +61,7 @@ def test_two_workers_share_a_postgres_study(synthetic_cache, tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     study_name = f"xalign_test_{uuid.uuid4().hex[:12]}"
     config = write_optuna_config(
-        tmp_path / "tune.yaml", synthetic_cache, study_name=study_name, training={"num_epochs": 15}
+        tmp_path / "tune.yaml", synthetic_cache, study_name=study_name, training={"num_epochs": 40, "patience": 1000}
     )
     try:
         _run_two_workers(config, POSTGRES_URL, study_name)
