@@ -4,7 +4,7 @@
 images each (with all their captions) and are written atomically; rerunning the same request
 resumes at the first missing shard and gives the same shards as an uninterrupted run. Under
 torchrun each rank encodes the shards `i` with `i % WORLD_SIZE == RANK`, giving the same cache as
-one process. With `tokens` the shards also hold the backbones' tokens (`encoding.tokens`, `token_shards`).
+one process. With `tokens` the shards also hold the backbones' tokens (`encoding.token_packing`, `token_shards`).
 """
 
 import os
@@ -30,7 +30,7 @@ from encoding.runtime import (
     resolve_device,
     resolve_precision,
 )
-from encoding.tokens import TokenLayout, check_image_tokens, pad_and_stack, real_tokens_first, token_layout
+from encoding.token_packing import TokenLayout, check_image_tokens, pad_and_stack, real_tokens_first, token_layout
 
 E5_INSTRUCTION = "Instruct: {}\nQuery: "
 DATASET_KEYS = ("kind", "root", "annotations", "limit")  # the `dataset` entry's own keys; not reader options

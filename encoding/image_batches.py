@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from encoding.datasets import ImageRecord, open_image
 from encoding.runtime import autocast
-from encoding.tokens import ImageTokens
+from encoding.token_packing import ImageTokens
 
 # What a backbone's `preprocess` returns per image, batched: (B, C, H, W) or a dict of such tensors.
 Pixels = torch.Tensor | dict[str, torch.Tensor]

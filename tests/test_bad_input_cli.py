@@ -22,7 +22,7 @@ import torch
 
 from pipeline import cli
 from tests.conftest import write_synthetic_cache
-from tests.tuning.tune_support import write_optuna_config
+from tests.pipeline.tuning.tune_support import write_optuna_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "payload-ran"

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline import cli
 from pipeline.commands.demo import CONFIG as DEMO_CONFIG
-from pipeline.metrics import chance_recall
+from pipeline.evaluation.metrics import chance_recall
 
 
 @pytest.mark.slow

@@ -16,15 +16,16 @@ from PIL import Image
 
 from encoding.datasets.demo import build_demo
 from encoding.encode import EncodeRequest, encode_cache
-from pipeline import cli, plots, report
+from pipeline import cli
 from pipeline.commands import demo
-from pipeline.config import load_config
-from pipeline.data import SplitTensors
-from pipeline.metrics import chance_median_rank, chance_recall, median
-from pipeline.rerank import reranked_metrics
-from pipeline.runs import train_run
-from pipeline.tables import metrics_table
-from pipeline.training.heads import HeadTrainer
+from pipeline.config.experiment import load_config
+from pipeline.data.split_tensors import SplitTensors
+from pipeline.evaluation.metrics import chance_median_rank, chance_recall, median
+from pipeline.evaluation.rerank import reranked_metrics
+from pipeline.reporting import plots, report
+from pipeline.reporting.tables import metrics_table
+from pipeline.runs.directory import train_run
+from pipeline.training.pooled_heads import HeadTrainer
 from pipeline.tuning.artifacts import draw
 
 HEADS = demo.CONFIG.parents[0] / "heads"

@@ -19,7 +19,7 @@ from encoding.datasets import read_dataset
 from encoding.errors import BadInput
 from encoding.safe_load import load_json, parse_yaml, shown
 from pipeline import cli
-from pipeline.zeroshot import load_class_names, load_templates
+from pipeline.evaluation.zeroshot import load_class_names, load_templates
 
 sys.path.insert(0, str(Path(__file__).parent / "encoding"))
 import dataset_files  # noqa: E402

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from encoding.backbones import IMAGE_BACKBONES, TEXT_BACKBONES
-from encoding.backbones.tokens import Grid, patch_tokens
+from encoding.backbones.token_outputs import Grid, patch_tokens
 from encoding.backbones.weights import weights_digest
 from encoding.errors import BadInput
 

@@ -10,7 +10,7 @@ a checkpoint as a frozen backbone for `xalign encode`.
 import torch
 from torch import nn
 
-from encoding.backbones.tokens import Grid, feature_map_tokens, timm_tokens
+from encoding.backbones.token_outputs import Grid, feature_map_tokens, timm_tokens
 from encoding.backbones.weights import load_trunk_weights
 from encoding.errors import BadInput
 from encoding.registry import Registry

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from encoding.backbones import IMAGE_BACKBONES, TEXT_BACKBONES
-from encoding.backbones.tokens import (
+from encoding.backbones.token_outputs import (
     Grid,
     captured,
     feature_map_tokens,

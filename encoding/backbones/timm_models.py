@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from encoding.backbones import IMAGE_BACKBONES
-from encoding.backbones.tokens import Grid, timm_tokens
+from encoding.backbones.token_outputs import Grid, timm_tokens
 from encoding.backbones.weights import load_trunk_weights, weights_digest
 from encoding.errors import BadInput
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from encoding.backbones import CHECKPOINT_PREFIX, IMAGE_BACKBONES, TEXT_BACKBONES
 from encoding.backbones.image_encoder import CHECKPOINT_FORMAT, build_image_encoder, eval_transform, image_size_hw
 from encoding.backbones.text_encoder import build_text_encoder, text_tokenizer
-from encoding.backbones.tokens import Grid
+from encoding.backbones.token_outputs import Grid
 from encoding.checkpoint_hashes import RECORD, verified_sha256
 from encoding.errors import BadInput
 

@@ -28,7 +28,7 @@ from encoding.backbones import load_image_backbone
 from encoding.datasets import ImageRecord
 from encoding.image_batches import ImageFiles, ShardPlan, collate, image_shards, to_device
 from encoding.runtime import autocast, resolve_device, resolve_precision, synchronize
-from encoding.tokens import ImageTokens, check_image_tokens, image_tokens_for
+from encoding.token_packing import ImageTokens, check_image_tokens, image_tokens_for
 
 
 def write_jpegs(folder: Path, count: int, width: int, height: int) -> list[ImageRecord]:

@@ -19,7 +19,7 @@ import torch
 
 from encoding.errors import BadInput
 from encoding.runtime import resolve_device, timed
-from pipeline import metrics
+from pipeline.evaluation import metrics
 
 DEFAULT_SIZES = ((5_000, 25_000), (25_000, 125_000))
 FULL_MATRIX_LIMIT = 2 << 30  # bytes: the one-matrix baseline runs only below this

@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from encoding.errors import BadInput
 from encoding.runtime import timed
-from pipeline.config import from_dict
-from pipeline.data import SplitTensors
-from pipeline.training.heads import HeadTrainer
+from pipeline.config.experiment import from_dict
+from pipeline.data.split_tensors import SplitTensors
+from pipeline.training.pooled_heads import HeadTrainer
 
 
 class CaptionPairs(Dataset):

@@ -15,14 +15,14 @@ import json
 from pathlib import Path
 
 from encoding.errors import BadInput
-from pipeline.backbone.bench import bench_training_step
-from pipeline.backbone.config import from_dict
-from pipeline.backbone.trainers import trainer_class
+from pipeline.bench.backbone import bench_training_step
 from pipeline.commands import naming_config, training_parser
-from pipeline.config import load_config
-from pipeline.data import load_splits
-from pipeline.runs import train_run, writing_run
-from pipeline.tables import metrics_table
+from pipeline.config.backbone import from_dict
+from pipeline.config.experiment import load_config
+from pipeline.data.split_tensors import load_splits
+from pipeline.reporting.tables import metrics_table
+from pipeline.runs.directory import train_run, writing_run
+from pipeline.training.choice import trainer_class
 
 
 def build_parser() -> argparse.ArgumentParser:

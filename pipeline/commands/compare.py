@@ -1,7 +1,7 @@
 """`xalign compare RUN_DIR... [--group-seeds] [--csv | --latex] [--out FILE]`: one table of runs.
 
 Each row: what produced the run (dataset, cache, backbones), its key settings, test gallery size,
-test metrics and cost side, best rsum first (see `pipeline.comparison` for the columns, the order and
+test metrics and cost side, best rsum first (see `pipeline.reporting.comparison` for the columns, the order and
 how `--group-seeds` groups). A test gallery under 100 images is marked † with a note under the table
 and a warning on stderr. Entries that are not runs (`results/README.md`, `results/optuna`, a directory
 without metrics.json) are skipped with a note on stderr, so `xalign compare results/*` works; a run that
@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 from encoding.errors import BadInput
-from pipeline import comparison
-from pipeline.run_files import check_output
-from pipeline.tables import LATEX, MARKDOWN, csv_text, latex, markdown
+from pipeline.reporting import comparison
+from pipeline.reporting.tables import LATEX, MARKDOWN, csv_text, latex, markdown
+from pipeline.runs.files import check_output
 
 
 def build_parser() -> argparse.ArgumentParser:

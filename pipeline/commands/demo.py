@@ -23,11 +23,11 @@ from encoding.encode import EncodeRequest, encode_cache
 from encoding.errors import BadInput
 from encoding.split import split_cache
 from pipeline.commands import naming_config
-from pipeline.config import load_config
-from pipeline.run_lock import LOCK_FILE
-from pipeline.runs import locked_run, replacing, train_run
-from pipeline.tables import metrics_table
-from pipeline.training.tokens import trainer_for
+from pipeline.config.experiment import load_config
+from pipeline.reporting.tables import metrics_table
+from pipeline.runs.directory import locked_run, replacing, train_run
+from pipeline.runs.lock import LOCK_FILE
+from pipeline.training.token_heads import trainer_for
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"  # not in configs/heads/: see its header
 IMAGE_MODEL = "timm:resnet18"
@@ -62,7 +62,7 @@ def earlier_demo_run(run_dir: Path) -> bool:
 
 def train_demo_run(config, config_path: Path, run_dir: Path):
     """Train `config` into `run_dir` under its lock, replacing an earlier demo run there (kept if this one fails
-    before its first checkpoint, `pipeline.runs.replacing`)."""
+    before its first checkpoint, `pipeline.runs.directory.replacing`)."""
     with locked_run(run_dir):
         earlier = earlier_demo_run(run_dir)
         if earlier:

@@ -21,11 +21,11 @@ import sys
 from pathlib import Path
 
 from encoding.errors import BadInput
-from pipeline.evaluation import Rerank, default_run_output, evaluate_cache, evaluate_run
-from pipeline.rerank import clamp_warning
-from pipeline.run_files import check_output
-from pipeline.tables import metrics_table
-from pipeline.zeroshot import ZeroShotOptions
+from pipeline.evaluation.evaluate import Rerank, default_run_output, evaluate_cache, evaluate_run
+from pipeline.evaluation.rerank import clamp_warning
+from pipeline.evaluation.zeroshot import ZeroShotOptions
+from pipeline.reporting.tables import metrics_table
+from pipeline.runs.files import check_output
 
 
 def parse_ks(text: str) -> tuple[int, ...]:

@@ -14,10 +14,10 @@ the new one has written its first checkpoint, and restores it when the new one f
 import argparse
 
 from pipeline.commands import naming_config, training_parser
-from pipeline.config import load_config
-from pipeline.runs import train_run, writing_run
-from pipeline.tables import metrics_table
-from pipeline.training.tokens import trainer_for
+from pipeline.config.experiment import load_config
+from pipeline.reporting.tables import metrics_table
+from pipeline.runs.directory import train_run, writing_run
+from pipeline.training.token_heads import trainer_for
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoding.registry import Registry
-from pipeline import schema
+from pipeline.config import schema
 
 HEADS = Registry("head")
 
@@ -108,4 +108,4 @@ from pipeline.heads import (  # noqa: E402,F401
     sparse_attention,
     token_transformer,
 )
-from pipeline.heads.tokens import TokenHeadOptions, TokenHeadPair, takes_tokens  # noqa: E402,F401
+from pipeline.heads.token_pair import TokenHeadOptions, TokenHeadPair, takes_tokens  # noqa: E402,F401

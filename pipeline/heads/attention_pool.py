@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from pipeline.heads import HEADS
-from pipeline.heads.tokens import (
+from pipeline.heads.token_pair import (
     TokenEmbedding,
     TokenHeadOptions,
     TokenHeadPair,

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.heads import HEADS
-from pipeline.heads.tokens import (
+from pipeline.heads.token_pair import (
     TokenEmbedding,
     TokenHeadOptions,
     TokenHeadPair,

@@ -14,7 +14,7 @@ from torch import nn
 
 from pipeline.heads import HEADS
 from pipeline.heads.attention import self_attention_stack
-from pipeline.heads.tokens import (
+from pipeline.heads.token_pair import (
     TokenEmbedding,
     TokenHeadOptions,
     TokenHeadPair,

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from encoding.registry import Registry
-from pipeline import schema
+from pipeline.config import schema
 
 LOSSES = Registry("loss")
 MAX_LOGIT_SCALE = 100.0

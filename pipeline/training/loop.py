@@ -26,9 +26,9 @@ from tqdm import tqdm
 
 from encoding.errors import BadInput
 from encoding.runtime import resolve_precision
-from pipeline.data import SplitTensors
-from pipeline.metrics import retrieval_metrics
-from pipeline.plots import training_curves
+from pipeline.data.split_tensors import SplitTensors
+from pipeline.evaluation.metrics import retrieval_metrics
+from pipeline.reporting.plots import training_curves
 from pipeline.training.checkpoint import (
     load_checkpoint,
     restore_resumable_state,

@@ -20,7 +20,7 @@ import torch
 
 from encoding import cache
 from encoding.errors import BadInput
-from pipeline.data import load_splits
+from pipeline.data.split_tensors import load_splits
 from pipeline.tuning.algorithms import METRICS
 from pipeline.tuning.settings import TuneSettings
 

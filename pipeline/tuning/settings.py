@@ -19,9 +19,8 @@ from pathlib import Path
 
 from encoding.errors import BadInput
 from encoding.safe_load import shown
-from pipeline.backbone import config as backbone_config
-from pipeline.backbone.trainers import trainer_class
-from pipeline.config import (
+from pipeline.config import backbone as backbone_config
+from pipeline.config.experiment import (
     ExperimentConfig,
     apply_overrides,
     from_dict,
@@ -29,10 +28,11 @@ from pipeline.config import (
     required_loss,
     without_foreign_options,
 )
+from pipeline.config.schema import option_names
 from pipeline.heads import HEADS, HeadOptions
 from pipeline.losses import LOSSES, LossOptions
-from pipeline.schema import option_names
-from pipeline.training.tokens import trainer_for
+from pipeline.training.choice import trainer_class
+from pipeline.training.token_heads import trainer_for
 from pipeline.tuning.algorithms import METRICS, PRUNERS, SAMPLERS, build_pruner, build_sampler, normalise_choice
 from pipeline.tuning.space import SearchSpace, parse_space
 

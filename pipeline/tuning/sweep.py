@@ -9,7 +9,7 @@ from optuna.trial import TrialState
 
 from encoding.errors import BadInput
 from encoding.fingerprints import sha256_json
-from pipeline import provenance
+from pipeline.runs import provenance
 from pipeline.tuning.artifacts import write_plots, write_summary, write_tables
 from pipeline.tuning.objective import FAILED_BECAUSE
 from pipeline.tuning.processes import Workers
@@ -114,4 +114,3 @@ def overhead(stats: list[dict]) -> dict:
         "setup_seconds": round(setup_s, 4),
         "overhead_fraction_with_setup": round(1 - epoch_s / (trial_s + setup_s), 4) if trial_s else None,
     }
-

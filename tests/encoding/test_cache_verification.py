@@ -14,7 +14,7 @@ from encoding import cache, cache_checks
 from encoding.commands import split
 from encoding.errors import BadInput
 from pipeline import cli
-from pipeline.data import load_splits
+from pipeline.data.split_tensors import load_splits
 
 SHA = r"[0-9a-f]{64}"
 

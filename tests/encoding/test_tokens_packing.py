@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from encoding.backbones.tokens import feature_map_tokens, patch_tokens, right_padded_mask
+from encoding.backbones.token_outputs import feature_map_tokens, patch_tokens, right_padded_mask
 from encoding.errors import BadInput
-from encoding.tokens import ImageTokens, check_image_tokens, pad_and_stack, real_tokens_first
+from encoding.token_packing import ImageTokens, check_image_tokens, pad_and_stack, real_tokens_first
 
 
 def test_real_tokens_come_first_whatever_side_was_padded():

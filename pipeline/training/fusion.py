@@ -1,0 +1,148 @@
+"""The cross-attention variant of two-tower mode (`model.fusion`): text layers that attend to the image map.
+
+Seed 001's "image features integrated directly into the text encoder", as ALBEF (Li et al., 2021) builds
+it: the text tower's final hidden states pass `model.fusion.num_layers` layers of self-attention →
+cross-attention to the image trunk's spatial tokens → MLP (`pipeline.heads.cross_encoder.MatchHead`),
+and give one match logit per image-caption pair. The towers' pooled projections stay a dual encoder.
+Training uses loss `itm`: ITC on the dual embeddings plus a binary match loss on the positive pairs and
+one hard negative per image and per caption, drawn from the batch's ITC similarity with a generator
+seeded per epoch (so a resumed run draws the same negatives). Validation and test re-rank each query's
+top `model.fusion.rerank_k` by the dual embeddings with the match logits (ranks beyond K unchanged).
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from encoding.backbones.image_encoder import ImageEncoder
+from encoding.errors import BadInput
+from encoding.runtime import autocast
+from encoding.token_packing import pad_and_stack
+from pipeline.data.images import Captions
+from pipeline.data.split_tensors import SplitTensors
+from pipeline.evaluation.rerank import reranked, reranked_metrics
+from pipeline.heads.cross_encoder import MatchHead
+from pipeline.losses.itm import itm_pairs
+from pipeline.training.checkpoint import load_weights
+from pipeline.training.loop import TIMED_QUERIES
+from pipeline.training.two_tower import TwoTower, TwoTowerTrainer
+
+
+class FusedTwoTower(TwoTower):
+    """Two towers plus a `MatchHead` over the image trunk's tokens and the text tower's hidden states."""
+
+    def __init__(self, image: ImageEncoder, text: nn.Module, fusion):
+        super().__init__(image, text)
+        f = fusion
+        image_dim, text_dim = image.head[0].in_features, text.tower.token_dim
+        self.matcher = MatchHead(image_dim, text_dim, f.hidden_dim, f.num_heads, f.num_layers, f.dropout)
+
+    def forward(self, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor):
+        """(B, D) image and caption embeddings, (B, T, C) image tokens and (B, L, W) caption hidden states."""
+        image, image_tokens, _ = self.image.forward_with_tokens(pixels)
+        text, text_tokens = self.text.forward_with_tokens(ids, mask)
+        return image, text, image_tokens, text_tokens
+
+
+class FusedTwoTowerTrainer(TwoTowerTrainer):
+    """Two towers and their fusion layers, trained with `itm`; evaluated by re-ranking the dual top K."""
+
+    def assemble(self, image: ImageEncoder, text: nn.Module) -> nn.Module:
+        if self.world > 1:
+            raise BadInput("config key 'model.fusion': trains in one process (hard negatives per batch); no torchrun")
+        self.mining = self.mining_generator(0)
+        self.split_tokens = None  # (image ids, image tokens, caption tokens, caption masks) of the last `embed`
+        return FusedTwoTower(image, text, self.config.model.fusion)
+
+    def mining_generator(self, epoch: int) -> torch.Generator:
+        """The hard-negative draws of `epoch`: seeded by (seed, epoch), so a resumed epoch draws the same."""
+        return torch.Generator().manual_seed(self.config.training.seed * 1_000_003 + epoch + 1)
+
+    def epoch_batches(self, epoch: int):
+        self.mining = self.mining_generator(epoch)
+        return super().epoch_batches(epoch)
+
+    def batch_loss(self, batch) -> torch.Tensor:
+        rows, pixels, ids, mask = (x.to(self.device, non_blocking=True) for x in batch)
+        with autocast(self.device, self.precision):
+            image, text, image_tokens, text_tokens = self.model(pixels, ids, mask)
+        image, text = F.normalize(image.float(), dim=-1), F.normalize(text.float(), dim=-1)
+        similarity = (image @ text.T).detach()
+        images, captions, labels = itm_pairs(similarity, rows, self.mining, self.loss.scale().item())
+        with autocast(self.device, self.precision):
+            logits = self.model.matcher(image_tokens[images], text_tokens[captions], mask[captions])
+        return self.loss(image, text, rows, match_logits=logits.float(), match_labels=labels)
+
+    @torch.no_grad()
+    def embed(self, split: SplitTensors) -> tuple[torch.Tensor, torch.Tensor]:
+        """The dual embeddings, keeping the split's image tokens and caption hidden states (fp16, on the host)
+        for `test_metrics` and `query_search`."""
+        self.model.eval()
+        images, image_tokens = [], []
+        for pixels in self.eval_pixels(split.image_paths):
+            embedding, tokens, _ = self.model.image.forward_with_tokens(pixels)
+            images.append(F.normalize(embedding.float(), dim=-1))
+            image_tokens.append(tokens.half().cpu())
+        texts, text_parts = [], []
+        batch = self.config.training.eval_batch_size
+        for ids, mask in self.pair_loader(Captions(split.captions), range(len(split.captions)), batch, False):
+            embedding, tokens = self.model.text.forward_with_tokens(ids.to(self.device), mask.to(self.device))
+            texts.append(F.normalize(embedding.float(), dim=-1))
+            text_parts.append((tokens.half().cpu(), mask))
+        text_tokens, masks = pad_and_stack(text_parts, self.model.text.tower.token_dim)
+        self.split_tokens = (split.image_ids, torch.cat(image_tokens), text_tokens, masks)
+        return torch.cat(images), torch.cat(texts)
+
+    def scorer(self, split: SplitTensors):
+        """`score(image_rows, caption_rows) -> (P,)` match logits of pairs of the split `embed` saw last."""
+        seen, image_tokens, text_tokens, masks = self.split_tokens
+        if not np.array_equal(seen, split.image_ids):
+            raise RuntimeError("embed(split) comes before scoring the split's pairs")
+
+        @torch.no_grad()
+        def score(image_rows: torch.Tensor, caption_rows: torch.Tensor) -> torch.Tensor:
+            image_rows, caption_rows = image_rows.cpu(), caption_rows.cpu()
+            image = image_tokens[image_rows].to(self.device).float()
+            text, mask = text_tokens[caption_rows].to(self.device).float(), masks[caption_rows].to(self.device)
+            return self.model.matcher(image, text, mask).float()
+
+        return score
+
+    def test_metrics(self, split: SplitTensors, image: torch.Tensor, text: torch.Tensor) -> dict:
+        """Metrics of the dual top `model.fusion.rerank_k` re-ranked by the match logits."""
+        index = split.caption_image_index.to(image.device)
+        self.model.eval()
+        return reranked_metrics(image, text, index, self.config.model.fusion.rerank_k, self.scorer(split))
+
+    def query_search(self, test: SplitTensors, gallery: torch.Tensor, k: int = 10):
+        """Tokenise and embed 1,000 test captions and re-rank their top `rerank_k` images with the match logits."""
+        texts = [test.captions[i % len(test.captions)] for i in range(TIMED_QUERIES)]
+        _, image_tokens, _, _ = self.split_tokens
+
+        @torch.no_grad()
+        def search():
+            self.model.eval()
+            ids, mask = (x.to(self.device) for x in self.tokenize(texts))
+            embedding, tokens = self.model.text.forward_with_tokens(ids, mask)
+
+            def score(queries: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+                image = image_tokens[images.cpu()].to(self.device).float()
+                return self.model.matcher(image, tokens[queries].float(), mask[queries])
+
+            scores = F.normalize(embedding.float(), dim=-1) @ gallery.T
+            return reranked(
+                scores, self.config.model.fusion.rerank_k, score, torch.arange(len(texts), device=self.device)
+            )
+
+        return search
+
+    def checkpoint(self) -> dict:
+        """Both towers (what `xalign encode` rebuilds: the dual part) plus the fusion layers."""
+        return {**super().checkpoint(), "fusion": self.model.matcher.state_dict()}
+
+    def load_weights(self, state: dict, path: Path) -> None:
+        super().load_weights(state, path)
+        load_weights(self.model.matcher, state.get("fusion"), path)

@@ -1,0 +1,123 @@
+"""Head training: projection heads + loss stepping over cached embeddings held in memory (on the GPU
+when present and they fit).
+
+Each epoch draws batches from index permutations (`data.EpochSampler`: every image once with one
+random caption, or every caption once); there is no per-sample Dataset or DataLoader in the hot loop.
+A micro-batch: gather the rows, optional latent mixup (FuseMix), heads under autocast (bf16/fp16 on
+CUDA, fp32 on CPU), loss in fp32 on the features gathered from every rank. Evaluation embeddings
+are fp32. Under torchrun each rank takes its 1/W share of every global batch (`training.batch_size`
+is the global batch) and the heads' gradients are summed over ranks, so a step equals the
+single-process step on the global batch.
+"""
+
+import inspect
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from encoding.errors import BadInput
+from encoding.runtime import autocast
+from pipeline import heads, losses
+from pipeline.config.experiment import ExperimentConfig
+from pipeline.data.split_tensors import EpochSampler, SplitTensors, fits_on
+from pipeline.losses.mixing import fusemix
+from pipeline.training.checkpoint import load_weights
+from pipeline.training.distributed import gather_features, summing_ddp
+from pipeline.training.loop import Trainer
+
+
+def build_model_and_loss(config: ExperimentConfig, image_dim: int, text_dim: int):
+    """The head pair and the loss module a config asks for (dims come from the cache)."""
+    model = heads.build_from(config.model, image_dim, text_dim)
+    return model, losses.build_from(config.loss, config.model.learnable_temp)
+
+
+class HeadTrainer(Trainer):
+    """Trains `config`'s heads on `train`, validating on `val` each epoch."""
+
+    def build(self):
+        t = self.config.training
+        if t.batch_size % self.world:
+            raise BadInput(f"training.batch_size {t.batch_size} must divide by the {self.world} torchrun processes")
+        self.train = self.train.to(self.device) if fits_on(self.train, self.device) else self.train
+        self.val = self.val.to(self.device) if fits_on(self.val, self.device) else self.val
+        model, loss = build_model_and_loss(self.config, *self.train.dims)
+        model.to(self.device)
+        self.forward = self.wrap(model)
+        self.loss_takes_momentum = "momentum_features" in inspect.signature(loss.forward).parameters
+        self.sampler = EpochSampler(
+            self.train.caption_image_index, len(self.train.image), t.epoch_sampling, t.seed, self.device
+        )
+        self.batch_size = min(t.batch_size, len(self.sampler))
+        return model, loss
+
+    def wrap(self, model: torch.nn.Module):
+        """The callable a step runs: DDP (summing gradients) under torchrun, compiled on request."""
+        if self.world > 1:
+            model = summing_ddp(model, self.device)
+        return torch.compile(model) if self.config.training.compile else model
+
+    def micro_batches_per_epoch(self) -> int:
+        return max(1, len(self.sampler) // self.batch_size)
+
+    def epoch_order(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(S,) image rows and (S,) caption rows of one epoch (the same on every rank)."""
+        return self.sampler.order(epoch)
+
+    def epoch_batches(self, epoch: int) -> Iterator:
+        rows, captions = self.epoch_order(epoch)
+        mixup = self.sampler.generator(epoch, stream=1)
+        for step in range(self.micro_batches):
+            batch = slice(step * self.batch_size, (step + 1) * self.batch_size)
+            yield (*self.batch_inputs(rows[batch], captions[batch]), mixup)
+
+    def batch_inputs(self, image_rows: torch.Tensor, caption_rows: torch.Tensor):
+        """This rank's share of a global batch: (b, D_img) images, (b, D_txt) captions, (b,) image rows."""
+        share = len(image_rows) // self.world
+        mine = slice(self.rank * share, (self.rank + 1) * share)
+        image_rows, caption_rows = image_rows[mine], caption_rows[mine]
+        source = self.train.image.device
+        image = self.train.image[image_rows.to(source)].to(self.device, non_blocking=True)
+        text = self.train.text[caption_rows.to(source)].to(self.device, non_blocking=True)
+        return image, text, image_rows
+
+    def batch_loss(self, batch) -> torch.Tensor:
+        """Loss of this rank's (b, D_img) images and (b, D_txt) captions against the global batch."""
+        image, text, image_ids, mixup = batch
+        if self.config.loss.mixup_alpha > 0:
+            image, text, image_ids = fusemix(
+                image, text, image_ids, len(self.train.image), self.config.loss.mixup_alpha, mixup
+            )
+        with autocast(self.device, self.precision):
+            image_features, text_features = self.forward(image, text)
+        extra = {}
+        if self.loss_takes_momentum:
+            momentum = self.model.momentum_features(image, text)
+            extra["momentum_features"] = None if momentum is None else tuple(gather_features(f) for f in momentum)
+            extra["progress"] = self.progress()
+        return self.loss(
+            gather_features(image_features.float()),
+            gather_features(text_features.float()),
+            gather_features(image_ids),
+            **extra,
+        )
+
+    def embed(self, split: SplitTensors) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.embed(split.image, split.text, self.config.training.eval_batch_size)
+
+    @torch.no_grad()
+    def encode_queries(self, text: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(text.to(self.device).float())
+
+    def checkpoint(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "loss": self.loss.state_dict(),
+            "config": self.config.to_dict(),
+            "dims": list(self.train.dims),
+            "epoch": self.epoch,
+        }
+
+    def load_weights(self, state: dict, path: Path) -> None:
+        load_weights(self.model, state.get("model"), path)
