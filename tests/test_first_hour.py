@@ -25,7 +25,6 @@ from pipeline.evaluation.rerank import reranked_metrics
 from pipeline.reporting import plots, report
 from pipeline.reporting.tables import metrics_table
 from pipeline.runs.directory import train_run
-from pipeline.training.pooled_heads import HeadTrainer
 from pipeline.tuning.artifacts import draw
 
 HEADS = demo.CONFIG.parents[0] / "heads"
@@ -124,7 +123,7 @@ def test_rerank_and_the_run_report_say_what_runs(tmp_path, capsys, monkeypatch):
     assert cli.main(["split", str(cache_dir), "--val", "8", "--test", "12", "--seed", "0"]) == 0
     config = tmp_path / "c.yaml"
     config.write_text(f"name: r\ndata: {{cache: {cache_dir}}}\ntraining: {{num_epochs: 2, device: cpu}}\n")
-    run = train_run(HeadTrainer, load_config(config), tmp_path / "run")
+    run = train_run(load_config(config), tmp_path / "run")
     out = capsys.readouterr().out
     best = run.result.best_epoch + 1
     assert f"testing epoch {best} on the test split (12 images, " in out and "time per 1000 queries" in out

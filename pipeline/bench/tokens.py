@@ -26,7 +26,7 @@ from encoding.errors import BadInput
 from encoding.runtime import timed
 from pipeline.config.experiment import from_dict
 from pipeline.data.split_tensors import load_splits
-from pipeline.training.token_heads import trainer_for
+from pipeline.training.choice import trainer_for
 
 HELD_OUT = 64  # images in each of val and test
 

@@ -22,7 +22,7 @@ from pipeline.config.experiment import load_config
 from pipeline.data.split_tensors import load_splits
 from pipeline.reporting.tables import metrics_table
 from pipeline.runs.directory import train_run, writing_run
-from pipeline.training.choice import trainer_class
+from pipeline.training.choice import trainer_for
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,11 +40,11 @@ def main(argv=None) -> int:
             raise BadInput("--bench-steps must be >= 1")
         d = config.data
         splits = load_splits(Path(d.cache), list(dict.fromkeys([d.train_split, d.val_split])), args.verify)
-        trainer = trainer_class(config)(config, splits[d.train_split], splits[d.val_split])
+        trainer = trainer_for(config)(config, splits[d.train_split], splits[d.val_split])
         print(json.dumps(bench_training_step(trainer, args.bench_steps)))
         return 0
     with writing_run(config.name, args.resume, args.overwrite) as out_dir, naming_config(args.config):
-        run = train_run(trainer_class(config), config, out_dir, args.resume, args.verify)
+        run = train_run(config, out_dir, args.resume, args.verify)
     if run.metrics is None:  # a torchrun rank other than 0: rank 0 reports
         return 0
     result = run.result

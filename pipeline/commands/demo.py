@@ -27,7 +27,6 @@ from pipeline.config.experiment import load_config
 from pipeline.reporting.tables import metrics_table
 from pipeline.runs.directory import locked_run, replacing, train_run
 from pipeline.runs.lock import LOCK_FILE
-from pipeline.training.token_heads import trainer_for
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"  # not in configs/heads/: see its header
 IMAGE_MODEL = "timm:resnet18"
@@ -69,7 +68,7 @@ def train_demo_run(config, config_path: Path, run_dir: Path):
             print(f"note: replacing the earlier demo run in {run_dir}")
         with replacing(run_dir) if earlier else nullcontext(), naming_config(config_path):
             (run_dir / MARK).write_text("written by `xalign demo`, which replaces this run when it runs again\n")
-            return train_run(trainer_for(config), config, run_dir)
+            return train_run(config, run_dir)
 
 
 def main(argv=None) -> int:

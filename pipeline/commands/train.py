@@ -17,7 +17,6 @@ from pipeline.commands import naming_config, training_parser
 from pipeline.config.experiment import load_config
 from pipeline.reporting.tables import metrics_table
 from pipeline.runs.directory import train_run, writing_run
-from pipeline.training.token_heads import trainer_for
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +27,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     config = load_config(args.config, args.overrides)
     with writing_run(config.name, args.resume, args.overwrite) as out_dir, naming_config(args.config):
-        run = train_run(trainer_for(config), config, out_dir, args.resume, args.verify)
+        run = train_run(config, out_dir, args.resume, args.verify)
     if run.metrics is None:
         return 0
     result = run.result

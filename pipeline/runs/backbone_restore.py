@@ -13,7 +13,7 @@ from encoding.backbones.image_encoder import CHECKPOINT_FORMAT
 from encoding.errors import BadInput
 from pipeline.config.backbone import from_dict
 from pipeline.data.split_tensors import SplitTensors
-from pipeline.training.choice import trainer_class
+from pipeline.training.choice import trainer_for
 
 
 def is_backbone_checkpoint(state: dict) -> bool:
@@ -32,7 +32,7 @@ def restored_trainer(state: dict, path: Path, config, data: SplitTensors, device
     """The trainer of a backbone checkpoint `state` (read from `path`; its validated `config`), its weights
     loaded, over `data`."""
     config = replace(config, training=replace(config.training, device=device))
-    cls = trainer_class(config)
+    cls = trainer_for(config)
     trainer = type(f"Restored{cls.__name__}", (cls,), {"restored": state})(config, data, data)
     trainer.load_weights(state, path)
     return trainer

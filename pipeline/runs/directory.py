@@ -37,6 +37,7 @@ from pipeline.data.split_tensors import load_splits
 from pipeline.reporting.report import report_run
 from pipeline.runs import provenance
 from pipeline.runs.lock import LOCK_FILE, run_lock
+from pipeline.training.choice import trainer_for
 from pipeline.training.loop import Trainer, TrainResult
 
 RESULTS = Path("results")
@@ -163,10 +164,8 @@ def writing_run(name: str, resume: bool, overwrite: bool, results: Path = RESULT
             yield out_dir
 
 
-def train_run(
-    trainer_class: type[Trainer], config, out_dir: Path, resume: bool = False, verify: bool = True
-) -> RunOutcome:
-    """Train `config` with `trainer_class` into `out_dir`, then evaluate the best checkpoint on the test split.
+def train_run(config, out_dir: Path, resume: bool = False, verify: bool = True) -> RunOutcome:
+    """Train `config` (with its trainer, `trainer_for`) into `out_dir`, then evaluate the best checkpoint on the test split.
 
     The run records its provenance (`provenance.json`, and in metrics.json); `resume` is refused on
     other data or with another config (`provenance.check_resume`). `verify`: hash the cache's shards and the
@@ -182,7 +181,7 @@ def train_run(
         else:
             provenance.check_resume(out_dir, config, trained, current)
     splits = load_splits(Path(d.cache), list(dict.fromkeys([d.train_split, d.val_split, d.test_split])), verify)
-    trainer = trainer_class(config, splits[d.train_split], splits[d.val_split], out_dir)
+    trainer = trainer_for(config)(config, splits[d.train_split], splits[d.val_split], out_dir)
     if resume:
         trainer.resume(verify)
     if trainer.rank != 0:  # under torchrun, rank 0 alone writes checkpoints and reports

@@ -16,7 +16,6 @@ from pipeline.data.split_tensors import SplitTensors
 from pipeline.data.token_source import TokenBatch, token_shape, token_source
 from pipeline.data.token_stream import ChunkedSampler, epoch_batches, prefetched
 from pipeline.evaluation.rerank import reranked, reranked_metrics
-from pipeline.heads import takes_tokens
 from pipeline.heads.token_pair import TokenHeadPair
 from pipeline.losses.itm import itm_pairs
 from pipeline.training.distributed import gather_features
@@ -176,10 +175,3 @@ class CrossEncoderTrainer(TokenTrainer):
             return reranked(scores, self.config.model.rerank_k, score, torch.arange(len(rows), device=self.device))
 
         return search
-
-
-def trainer_for(config) -> type[HeadTrainer]:
-    """The trainer of a config's head: pooled vectors, a dual token head, or a cross encoder."""
-    if config.model.scores_pairs:
-        return CrossEncoderTrainer
-    return TokenTrainer if takes_tokens(config.model) else HeadTrainer

@@ -31,8 +31,7 @@ from pipeline.config.experiment import (
 from pipeline.config.schema import option_names
 from pipeline.heads import HEADS, HeadOptions
 from pipeline.losses import LOSSES, LossOptions
-from pipeline.training.choice import trainer_class
-from pipeline.training.token_heads import trainer_for
+from pipeline.training.choice import trainer_for
 from pipeline.tuning.algorithms import METRICS, PRUNERS, SAMPLERS, build_pruner, build_sampler, normalise_choice
 from pipeline.tuning.space import SearchSpace, parse_space
 
@@ -80,7 +79,7 @@ class TuneSettings:
 
     def trainer(self, config) -> type:
         """The trainer class of a trial's config."""
-        return trainer_class(config) if self.backbone else trainer_for(config)
+        return trainer_for(config)
 
     def experiment(self, values: dict) -> tuple[ExperimentConfig, list[str]]:
         """The base config with `values` (config key → value) set, validated, keeping only the `model`/`loss`

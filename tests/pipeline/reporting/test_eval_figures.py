@@ -12,7 +12,6 @@ from encoding.commands import split
 from pipeline.config.experiment import load_config
 from pipeline.reporting import plots, report
 from pipeline.runs.directory import train_run
-from pipeline.training.pooled_heads import HeadTrainer
 
 
 def png_size(path) -> tuple[int, int]:
@@ -85,7 +84,7 @@ def test_report_run_writes_figures_and_cost_side(tmp_path, monkeypatch):
     write_gallery = report.write_gallery
     monkeypatch.setattr(report, "write_gallery", with_real_paths)
     config = load_config_for(cache_dir, tmp_path)
-    run = train_run(HeadTrainer, config, tmp_path / "run")
+    run = train_run(config, tmp_path / "run")
     trainer, metrics = run.trainer, run.metrics
     run = tmp_path / "run"
     info = json.loads((run / "run_info.json").read_text())

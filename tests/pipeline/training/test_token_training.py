@@ -13,7 +13,7 @@ from encoding.errors import BadInput
 from pipeline.cli import main as cli
 from pipeline.config.experiment import from_dict
 from pipeline.data.split_tensors import load_splits
-from pipeline.training.token_heads import trainer_for
+from pipeline.training.choice import trainer_for
 
 HEAD_OPTIONS = {
     "attention_pool": {"hidden_dim": 16, "num_heads": 2},
