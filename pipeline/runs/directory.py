@@ -165,7 +165,8 @@ def writing_run(name: str, resume: bool, overwrite: bool, results: Path = RESULT
 
 
 def train_run(config, out_dir: Path, resume: bool = False, verify: bool = True) -> RunOutcome:
-    """Train `config` (with its trainer, `trainer_for`) into `out_dir`, then evaluate the best checkpoint on the test split.
+    """Train `config` (its trainer: `trainer_for`) into `out_dir`, then evaluate the best checkpoint on the test
+    split.
 
     The run records its provenance (`provenance.json`, and in metrics.json); `resume` is refused on
     other data or with another config (`provenance.check_resume`). `verify`: hash the cache's shards and the
