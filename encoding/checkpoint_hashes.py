@@ -16,7 +16,7 @@ which reads no run provenance. A save announces the new hash under `pending` bef
 """
 
 import json
-import sys
+import logging
 from pathlib import Path
 
 from encoding.atomic import write_atomic
@@ -25,6 +25,7 @@ from encoding.errors import BadInput
 from encoding.safe_load import CONFIG_BYTES, load_json
 
 RECORD = "checkpoints.json"
+log = logging.getLogger(f"xalign.{__name__}")
 
 
 def read_record(run_dir: Path) -> dict:
@@ -70,10 +71,9 @@ def verified_sha256(
     accepted = [d for d in (record["sha256"].get(path.name), record["pending"].get(path.name)) if d is not None]
     actual = sha256_of(path)
     if not accepted:
-        print(
-            f"warning: {path}: no sha256 recorded in {path.parent / RECORD} (a run written before checkpoints "
-            "were hashed, or a copied file); its integrity is not checked",
-            file=sys.stderr,
+        log.warning(
+            f"{path}: no sha256 recorded in {path.parent / RECORD} (a run written before checkpoints "
+            "were hashed, or a copied file); its integrity is not checked"
         )
     elif actual not in accepted:
         raise BadInput(

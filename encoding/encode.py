@@ -7,8 +7,8 @@ torchrun each rank encodes the shards `i` with `i % WORLD_SIZE == RANK`, giving 
 one process. With `tokens` the shards also hold the backbones' tokens (`encoding.token_packing`, `token_shards`).
 """
 
+import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from encoding.token_packing import TokenLayout, check_image_tokens, pad_and_stac
 E5_INSTRUCTION = "Instruct: {}\nQuery: "
 DATASET_KEYS = ("kind", "root", "annotations", "limit")  # the `dataset` entry's own keys; not reader options
 SKIPPED_WARNING = 0.05  # warn when more than this share of the dataset's items was skipped
+log = logging.getLogger(f"xalign.{__name__}")
 
 
 def default_num_workers() -> int:
@@ -170,7 +171,7 @@ def load_models(request: EncodeRequest, device: torch.device, precision: str) ->
     else:
         prefix = getattr(text_model, "default_prefix", "")
     if "random-init" in str(image_model.describe()["weights"]):
-        print(f"note: {request.image_model} has no pretrained weights here; it is randomly initialised (seed 0)")
+        log.info(f"note: {request.image_model} has no pretrained weights here; it is randomly initialised (seed 0)")
     return image_model, text_model, prefix
 
 
@@ -251,7 +252,7 @@ def encode_cache(request: EncodeRequest) -> dict:
     """Encode (or finish encoding) the cache `request.out` → its metadata once every rank is done.
 
     Resumes at the missing shards, shares them out among torchrun ranks, shows progress bars (images; each
-    shard's captions), prints a line per shard written, and `OUT: N images, M captions, K skipped (complete)`
+    shard's captions), logs a line per shard written, and `OUT: N images, M captions, K skipped (complete)`
     once (rank 0).
     """
     job = prepare(request)
@@ -267,7 +268,7 @@ def encode_cache(request: EncodeRequest) -> dict:
             data = build_shard(job, shard, request.batch_size)
             cache.record_shard(request.out, cache.write_shard(request.out, shard.index, data, dtype=request.dtype))
             counts = f"{len(data.image_ids)} images, {len(data.caption_text)} captions"
-            progress.write(f"shard {shard.index + 1}/{job.num_shards} written ({counts})")
+            log.info(f"shard {shard.index + 1}/{job.num_shards} written ({counts})")
     return report(request.out, job)
 
 
@@ -281,10 +282,10 @@ def refuse_missing_images(root: Path, records: list[ImageRecord]) -> None:
 
 
 def report(out: Path, job: EncodeJob) -> dict:
-    """Wait for every rank, print the cache's state once (rank 0) → its metadata.
+    """Wait for every rank, log the cache's state once (rank 0) → its metadata.
 
     A complete cache without a single image is `BadInput`; more than `SKIPPED_WARNING` of the items
-    skipped is a warning on stderr.
+    skipped is a warning.
     """
     if job.world > 1:
         finish_distributed()
@@ -292,12 +293,10 @@ def report(out: Path, job: EncodeJob) -> dict:
     skipped, images = len(meta["skipped"]), meta["num_images"]
     if job.rank == 0:
         state = "complete" if meta["complete"] else f"{len(meta['shards'])}/{job.num_shards} shards"
-        print(f"{out}: {images} images, {meta['num_captions']} captions, {skipped} skipped ({state})")
+        log.info(f"{out}: {images} images, {meta['num_captions']} captions, {skipped} skipped ({state})")
         if skipped > SKIPPED_WARNING * (images + skipped):
-            print(
-                f"warning: {skipped} of {images + skipped} items were skipped; "
-                f"`xalign inspect {out}` lists each with its reason",
-                file=sys.stderr,
+            log.warning(
+                f"{skipped} of {images + skipped} items were skipped; `xalign inspect {out}` lists each with its reason"
             )
     if meta["complete"] and images == 0:
         reason = meta["skipped"][0]["reason"] if meta["skipped"] else "none listed"

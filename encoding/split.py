@@ -6,6 +6,7 @@ ids, as COCO and Flickr30k have) form one group and always land in the same spli
 subset is N random *images* of train (all their captions come with them).
 """
 
+import logging
 from collections import defaultdict
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from encoding.errors import BadInput
 from encoding.fingerprints import splits_fingerprint
 
 PREDEFINED_ALIASES = {"train": "train", "restval": "train", "val": "val", "test": "test"}
+log = logging.getLogger(f"xalign.{__name__}")
 
 
 def read_image_index(cache_dir: Path) -> dict[str, np.ndarray]:
@@ -130,7 +132,7 @@ def split_cache(
     predefined: bool = False,
     force: bool = False,
 ) -> dict:
-    """Write `splits.json` (after checking it is leak-free) and return it; prints one summary line.
+    """Write `splits.json` (after checking it is leak-free) and return it; logs one summary line.
 
     `val`/`test`: a fraction (< 1) or a number of images; `tuning`: images of train in the tuning
     subset; `predefined`: the dataset's own split instead of a seeded random one. An existing
@@ -163,9 +165,9 @@ def split_cache(
         raise RuntimeError(f"{cache_dir / cache.SPLITS} not written: the split is not leak-free: {problems[:5]}")
     payload = cache.write_splits(cache_dir, payload)
     counts = ", ".join(f"{name} {len(payload[name])}" for name in (*SPLIT_NAMES, "tuning"))
-    print(f"{cache_dir / cache.SPLITS}: {method} split, {counts} images, fingerprint {payload['fingerprint'][:12]}")
+    log.info(f"{cache_dir / cache.SPLITS}: {method} split, {counts} images, fingerprint {payload['fingerprint'][:12]}")
     if old is not None and old != payload["fingerprint"]:
-        print(
+        log.info(
             f"note: replaced the split with fingerprint {old[:12]}; runs trained on it refuse "
             "`xalign evaluate` unless --allow-new-split"
         )

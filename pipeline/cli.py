@@ -3,6 +3,8 @@
 
 Bad input (`BadInput`) prints `error: ...` and exits with code 2. A reader that closes the pipe early
 (`xalign inspect DIR | head`) ends the command quietly with exit code 1, without a traceback.
+`-q/--quiet` and `-v/--verbose`, anywhere before a `--`, set how much the `xalign` loggers say on stderr
+(`pipeline.logs`) and are taken out before the command parses its arguments.
 """
 
 import importlib
@@ -10,6 +12,7 @@ import os
 import sys
 
 from encoding.errors import BadInput
+from pipeline.logs import HELP, configure_logging, take_verbosity
 
 COMMANDS = {
     "demo": ("pipeline.commands.demo", "the main job on the embedded demo: encode, split, train, evaluate, plot"),
@@ -29,12 +32,14 @@ def usage() -> str:
     width = max(map(len, COMMANDS))
     rows = "\n".join(f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items())
     return (
-        f"usage: xalign <command> [options]\n\ncommands:\n{rows}\n\n`xalign <command> --help` for a command's options."
+        f"usage: xalign <command> [-q | -v] [options]\n\ncommands:\n{rows}\n\n"
+        f"`xalign <command> --help` for a command's options;\n{HELP}."
     )
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv, verbosity = take_verbosity(sys.argv[1:] if argv is None else list(argv))
+    configure_logging(verbosity)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0
@@ -51,6 +56,8 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except SystemExit as exit_:  # argparse: --help exits 0, bad flags exit 2
+        if exit_.code == 0:
+            print(f"\n{HELP}")  # below the command's own --help
         return exit_.code if isinstance(exit_.code, int) else 1
     except BrokenPipeError:
         # Python's recommended handling: point stdout at devnull so the flush at exit cannot fail again.

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny caches built through the real cache writer, and a real demo cache."""
 
+import logging
 import os
 from pathlib import Path
 
@@ -7,9 +8,29 @@ import numpy as np
 import pytest
 
 from encoding import cache
+from pipeline.logs import ROOT, configure_logging
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+class ToRootHandlers(logging.Handler):
+    """Hands each `xalign` record to the root logger's handlers, where pytest's `caplog` listens (the `xalign`
+    loggers do not propagate)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger().handle(record)
+
+
+@pytest.fixture(autouse=True)
+def xalign_logging():
+    """The `xalign` loggers as `xalign` without flags sets them up (INFO on stderr), in every test, so a test that
+    calls a command's `main` or the library directly sees what the command would show; `caplog` sees it too."""
+    configure_logging(0)
+    logger, forward = logging.getLogger(ROOT), ToRootHandlers()
+    logger.addHandler(forward)
+    yield
+    logger.removeHandler(forward)
 
 
 def write_synthetic_cache(

@@ -13,8 +13,8 @@ from pipeline.evaluation.metrics import chance_recall
 @pytest.mark.slow
 def test_demo_beats_chance_fivefold_and_seeds_group_in_compare(tmp_path, capsys, monkeypatch):
     assert cli.main(["demo", "--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "| t2i chance |" in out and "randomly initialised" in out
+    out, err = capsys.readouterr()
+    assert "| t2i chance |" in out and "randomly initialised" in err
     run = tmp_path / "results" / "demo"
     for name in ("config.yaml", "best.pt", "metrics.json", "training_curves.png", "history.jsonl"):
         assert (run / name).is_file(), name

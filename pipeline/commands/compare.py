@@ -5,19 +5,21 @@ test metrics and cost side, best rsum first (see `pipeline.reporting.comparison`
 how `--group-seeds` groups). A test gallery under 100 images is marked † with a note under the table
 and a warning on stderr. Entries that are not runs (`results/README.md`, `results/optuna`, a directory
 without metrics.json) are skipped with a note on stderr, so `xalign compare results/*` works; a run that
-cannot be read (e.g. a corrupt metrics.json) is reported on stderr and left out. Exit 0 when the table
+cannot be read (e.g. a corrupt metrics.json) is left out with a warning. Exit 0 when the table
 has at least one run, 2 when no run could be read. `--out` never replaces a run's own files (config,
 checkpoints, metrics*.json, ...): that is refused (exit 2) before anything is read.
 """
 
 import argparse
-import sys
+import logging
 from pathlib import Path
 
 from encoding.errors import BadInput
 from pipeline.reporting import comparison
 from pipeline.reporting.tables import LATEX, MARKDOWN, csv_text, latex, markdown
 from pipeline.runs.files import check_output
+
+log = logging.getLogger(f"xalign.{__name__}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,19 +38,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def read_runs(paths: list[Path]) -> list[dict]:
-    """The runs among `paths`; other entries and runs that cannot be read are skipped with a note on stderr,
+    """The runs among `paths`; other entries are skipped with a note, runs that cannot be read with a warning;
     BadInput when no run is left."""
     runs, unreadable = [], 0
     for path in paths:
         reason = comparison.skip_reason(path)
         if reason is not None:
-            print(f"skipping {path}: {reason}", file=sys.stderr)
+            log.info(f"skipping {path}: {reason}")
             continue
         try:
             runs.append(comparison.read_run(path))
         except BadInput as err:
             unreadable += 1
-            print(f"skipping {path}: {err}", file=sys.stderr)
+            log.warning(f"skipping {path}: {err}")
     if not runs:
         found = f"{unreadable} could not be read" if unreadable else "none holds a metrics.json"
         raise BadInput(f"compare: no run to compare among {', '.join(map(str, paths))} ({found})")
@@ -66,12 +68,12 @@ def render(rows: list, args) -> str:
 
 
 def warn_tiny(rows: list) -> None:
-    """A warning on stderr naming the runs whose test gallery is too small to mean much."""
+    """A warning naming the runs whose test gallery is too small to mean much."""
     tiny = [name for row in rows if row.tiny for name in row.runs]
     if tiny:
         names = ", ".join(tiny)
         after = f"ranked after the runs with at least {comparison.TINY_GALLERY} test images"
-        print(f"warning: {names}: {comparison.FOOTNOTE}; {after}", file=sys.stderr)
+        log.warning(f"{names}: {comparison.FOOTNOTE}; {after}")
 
 
 def main(argv=None) -> int:

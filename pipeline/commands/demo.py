@@ -14,6 +14,7 @@ leaves the earlier run whole).
 """
 
 import argparse
+import logging
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -32,6 +33,7 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"  # not in
 IMAGE_MODEL = "timm:resnet18"
 TEXT_MODEL = "st:sentence-transformers/all-MiniLM-L6-v2"
 MARK = ".xalign-demo"  # in every run the demo trains: only a run holding it is replaced
+log = logging.getLogger(f"xalign.{__name__}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +67,7 @@ def train_demo_run(config, config_path: Path, run_dir: Path):
     with locked_run(run_dir):
         earlier = earlier_demo_run(run_dir)
         if earlier:
-            print(f"note: replacing the earlier demo run in {run_dir}")
+            log.info(f"note: replacing the earlier demo run in {run_dir}")
         with replacing(run_dir) if earlier else nullcontext(), naming_config(config_path):
             (run_dir / MARK).write_text("written by `xalign demo`, which replaces this run when it runs again\n")
             return train_run(config, run_dir)
@@ -81,7 +83,7 @@ def main(argv=None) -> int:
     run_dir = args.out / "results" / config.name
     earlier_demo_run(run_dir)  # refuse a directory the demo may not replace before encoding anything
     root = args.out / "data" / "demo" / str(args.images)
-    print(f"[1/4] encoding {args.images} demo scenes (dataset root {root}) into {cache_dir}")
+    log.info(f"[1/4] encoding {args.images} demo scenes (dataset root {root}) into {cache_dir}")
     request = EncodeRequest(
         dataset="demo",
         root=root,
@@ -96,13 +98,13 @@ def main(argv=None) -> int:
     )
     encode_cache(request)
     if (cache_dir / cache.SPLITS).exists():
-        print(f"[2/4] image-level split: keeping {cache_dir / cache.SPLITS}")
+        log.info(f"[2/4] image-level split: keeping {cache_dir / cache.SPLITS}")
     else:
-        print("[2/4] image-level split")
+        log.info("[2/4] image-level split")
         split_cache(cache_dir, val=0.1, test=0.2, tuning=min(500, args.images // 3), seed=0)
-    print(f"[3/4] training heads ({args.config})")
+    log.info(f"[3/4] training heads ({args.config})")
     run = train_demo_run(config, args.config, run_dir)
-    print(f"[4/4] test retrieval (best epoch {run.result.best_epoch + 1} of {run.result.epochs_run})")
+    log.info(f"[4/4] test retrieval (best epoch {run.result.best_epoch + 1} of {run.result.epochs_run})")
     print(metrics_table(run.metrics, with_chance=True))
     print(f"dataset root {root} (for `xalign encode --dataset demo --root`), cache {cache_dir}")
     print(f"results in {run_dir} ({time.perf_counter() - start:.0f}s in all)")

@@ -7,6 +7,7 @@ parameters, training wall time, inference time per 1,000 text queries, peak memo
 """
 
 import json
+import logging
 import resource
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ MAX_POINTS = 1000
 TSNE_POINTS = 500
 GALLERY_QUERIES = 4
 GALLERY_TOP = 5
+log = logging.getLogger(f"xalign.{__name__}")
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -90,7 +92,7 @@ def write_gallery(test: SplitTensors, image: torch.Tensor, text: torch.Tensor, p
 def report_run(trainer, test: SplitTensors, split_name: str, out_dir: Path, provenance: dict) -> dict:
     """Evaluate the trainer's current (best) weights on `test`; write metrics.json (with `provenance`),
     figures and run_info.json."""
-    print(
+    log.info(
         f"testing epoch {trainer.best_epoch + 1} on the {split_name} split ({len(test.image_ids)} images, "
         f"{len(test.captions)} captions), then figures and the time per {TIMED_QUERIES} queries"
     )

@@ -16,13 +16,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from encoding.backbones.image_encoder import CHECKPOINT_FORMAT, ImageEncoder, build_image_encoder, eval_transform
+from encoding.backbones.image_encoder import CHECKPOINT_FORMAT, ImageEncoder
 from encoding.errors import BadInput
 from encoding.runtime import autocast
 from pipeline import losses
 from pipeline.config.backbone import trainable_layers
 from pipeline.data.images import SplitImages, image_loader, train_transform
-from pipeline.data.split_tensors import EpochSampler, SplitTensors
+from pipeline.data.split_tensors import EpochSampler
+from pipeline.runs.backbone_runs import BackboneRun
 from pipeline.training.checkpoint import load_weights
 from pipeline.training.distributed import gather_features, summing_ddp
 from pipeline.training.freezing import lock, trunk_blocks
@@ -37,18 +38,12 @@ def lock_trunk(encoder: ImageEncoder, trainable: str) -> list[torch.nn.Module]:
 
 
 class BackboneTrainer(Trainer):
-    """Trains `config`'s image encoder on the `train` split against its caption embeddings; validates on `val`.
+    """Trains `config`'s image encoder on the `train` split against its caption embeddings; validates on `val`."""
 
-    `restored` (a checkpoint dict, set on a subclass by `pipeline.runs.backbone_restore`) rebuilds the towers
-    from the checkpoint's architectures instead of the config (no pretrained weights, no model directories).
-    """
-
-    restored: dict | None = None
+    run_class = BackboneRun
 
     def build(self):
         config, t = self.config, self.config.training
-        if t.batch_size % self.world:
-            raise BadInput(f"training.batch_size {t.batch_size} must divide by the {self.world} torchrun processes")
         self.train_images = SplitImages(self.train.image_paths, train_transform(config.model, config.augment), t.seed)
         self.sampler = EpochSampler(
             self.train.caption_image_index, len(self.train.image_paths), t.epoch_sampling, t.seed, "cpu"
@@ -75,10 +70,7 @@ class BackboneTrainer(Trainer):
         return encoder
 
     def image_encoder_of(self, output_dim: int) -> ImageEncoder:
-        """The config's image encoder (its pretrained weights, if any), or the `restored` checkpoint's architecture."""
-        if self.restored is not None:
-            self.architecture = self.restored["architecture"]
-            return build_image_encoder(**self.architecture)
+        """The config's image encoder (its pretrained weights, if any)."""
         self.architecture = self.config.architecture(output_dim=output_dim)
         return ImageEncoder(**self.architecture)
 
@@ -127,30 +119,13 @@ class BackboneTrainer(Trainer):
         image_features = F.normalize(image_features.float(), dim=-1)
         return self.loss(*(gather_features(x) for x in (image_features, text_features, rows.to(self.device))))
 
-    @torch.no_grad()
-    def embed_images(self, paths) -> torch.Tensor:
-        """(N,) image paths → (N, D) L2-normalised fp32 embeddings of the un-augmented images."""
-        self.model.eval()
-        parts = [F.normalize(self.image_encoder(pixels).float(), dim=-1) for pixels in self.eval_pixels(paths)]
-        return torch.cat(parts)
-
-    def eval_pixels(self, paths) -> Iterator[torch.Tensor]:
-        """(B, 3, H, W) batches of the un-augmented images on the device, `training.eval_batch_size` at a time."""
-        m = self.config.model
-        images = SplitImages(paths, eval_transform(m.image_size, m.mean, m.std))
-        for _, pixels in self.loader(images, range(len(images)), self.config.training.eval_batch_size, False):
-            yield pixels.to(self.device)
-
-    @property
-    def image_encoder(self) -> torch.nn.Module:
-        return self.model
-
-    def embed(self, split: SplitTensors) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.embed_images(split.image_paths), self.encode_queries(split.text)
+    def make_run(self) -> BackboneRun:
+        cache_dir = self.train.cache_dir
+        return self.run_class(self.config, self.model, self.device, cache_dir, self.precision)
 
     def encode_queries(self, text: torch.Tensor) -> torch.Tensor:
         """The caption side is frozen: (M, D) cached embeddings, L2-normalised."""
-        return F.normalize(text.to(self.device).float(), dim=-1)
+        return self.run_model.frozen_captions(text)
 
     def checkpoint(self) -> dict:
         """What `xalign encode --image-model` needs: format tag, architecture, encoder weights (weights_only-safe)."""

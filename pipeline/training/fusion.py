@@ -12,7 +12,6 @@ top `model.fusion.rerank_k` by the dual embeddings with the match logits (ranks 
 
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,42 +19,25 @@ from torch import nn
 from encoding.backbones.image_encoder import ImageEncoder
 from encoding.errors import BadInput
 from encoding.runtime import autocast
-from encoding.token_packing import pad_and_stack
-from pipeline.data.images import Captions
 from pipeline.data.split_tensors import SplitTensors
-from pipeline.evaluation.rerank import reranked, reranked_metrics
-from pipeline.heads.cross_encoder import MatchHead
+from pipeline.evaluation.rerank import reranked
 from pipeline.losses.itm import itm_pairs
+from pipeline.runs.backbone_runs import FusedRun
 from pipeline.training.checkpoint import load_weights
 from pipeline.training.loop import TIMED_QUERIES
-from pipeline.training.two_tower import TwoTower, TwoTowerTrainer
-
-
-class FusedTwoTower(TwoTower):
-    """Two towers plus a `MatchHead` over the image trunk's tokens and the text tower's hidden states."""
-
-    def __init__(self, image: ImageEncoder, text: nn.Module, fusion):
-        super().__init__(image, text)
-        f = fusion
-        image_dim, text_dim = image.head[0].in_features, text.tower.token_dim
-        self.matcher = MatchHead(image_dim, text_dim, f.hidden_dim, f.num_heads, f.num_layers, f.dropout)
-
-    def forward(self, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor):
-        """(B, D) image and caption embeddings, (B, T, C) image tokens and (B, L, W) caption hidden states."""
-        image, image_tokens, _ = self.image.forward_with_tokens(pixels)
-        text, text_tokens = self.text.forward_with_tokens(ids, mask)
-        return image, text, image_tokens, text_tokens
+from pipeline.training.two_tower import TwoTowerTrainer
 
 
 class FusedTwoTowerTrainer(TwoTowerTrainer):
     """Two towers and their fusion layers, trained with `itm`; evaluated by re-ranking the dual top K."""
 
+    run_class = FusedRun
+
     def assemble(self, image: ImageEncoder, text: nn.Module) -> nn.Module:
         if self.world > 1:
             raise BadInput("config key 'model.fusion': trains in one process (hard negatives per batch); no torchrun")
         self.mining = self.mining_generator(0)
-        self.split_tokens = None  # (image ids, image tokens, caption tokens, caption masks) of the last `embed`
-        return FusedTwoTower(image, text, self.config.model.fusion)
+        return super().assemble(image, text)
 
     def mining_generator(self, epoch: int) -> torch.Generator:
         """The hard-negative draws of `epoch`: seeded by (seed, epoch), so a resumed epoch draws the same."""
@@ -76,51 +58,10 @@ class FusedTwoTowerTrainer(TwoTowerTrainer):
             logits = self.model.matcher(image_tokens[images], text_tokens[captions], mask[captions])
         return self.loss(image, text, rows, match_logits=logits.float(), match_labels=labels)
 
-    @torch.no_grad()
-    def embed(self, split: SplitTensors) -> tuple[torch.Tensor, torch.Tensor]:
-        """The dual embeddings, keeping the split's image tokens and caption hidden states (fp16, on the host)
-        for `test_metrics` and `query_search`."""
-        self.model.eval()
-        images, image_tokens = [], []
-        for pixels in self.eval_pixels(split.image_paths):
-            embedding, tokens, _ = self.model.image.forward_with_tokens(pixels)
-            images.append(F.normalize(embedding.float(), dim=-1))
-            image_tokens.append(tokens.half().cpu())
-        texts, text_parts = [], []
-        batch = self.config.training.eval_batch_size
-        for ids, mask in self.pair_loader(Captions(split.captions), range(len(split.captions)), batch, False):
-            embedding, tokens = self.model.text.forward_with_tokens(ids.to(self.device), mask.to(self.device))
-            texts.append(F.normalize(embedding.float(), dim=-1))
-            text_parts.append((tokens.half().cpu(), mask))
-        text_tokens, masks = pad_and_stack(text_parts, self.model.text.tower.token_dim)
-        self.split_tokens = (split.image_ids, torch.cat(image_tokens), text_tokens, masks)
-        return torch.cat(images), torch.cat(texts)
-
-    def scorer(self, split: SplitTensors):
-        """`score(image_rows, caption_rows) -> (P,)` match logits of pairs of the split `embed` saw last."""
-        seen, image_tokens, text_tokens, masks = self.split_tokens
-        if not np.array_equal(seen, split.image_ids):
-            raise RuntimeError("embed(split) comes before scoring the split's pairs")
-
-        @torch.no_grad()
-        def score(image_rows: torch.Tensor, caption_rows: torch.Tensor) -> torch.Tensor:
-            image_rows, caption_rows = image_rows.cpu(), caption_rows.cpu()
-            image = image_tokens[image_rows].to(self.device).float()
-            text, mask = text_tokens[caption_rows].to(self.device).float(), masks[caption_rows].to(self.device)
-            return self.model.matcher(image, text, mask).float()
-
-        return score
-
-    def test_metrics(self, split: SplitTensors, image: torch.Tensor, text: torch.Tensor) -> dict:
-        """Metrics of the dual top `model.fusion.rerank_k` re-ranked by the match logits."""
-        index = split.caption_image_index.to(image.device)
-        self.model.eval()
-        return reranked_metrics(image, text, index, self.config.model.fusion.rerank_k, self.scorer(split))
-
     def query_search(self, test: SplitTensors, gallery: torch.Tensor, k: int = 10):
         """Tokenise and embed 1,000 test captions and re-rank their top `rerank_k` images with the match logits."""
         texts = [test.captions[i % len(test.captions)] for i in range(TIMED_QUERIES)]
-        _, image_tokens, _, _ = self.split_tokens
+        _, image_tokens, _, _ = self.run_model.split_tokens
 
         @torch.no_grad()
         def search():

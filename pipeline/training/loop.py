@@ -4,7 +4,8 @@ history, a line per epoch, optional TensorBoard, and a per-epoch hook (Optuna's 
 A mode subclasses `Trainer` and supplies its model and its step:
 - `build()` → (model, loss); `micro_batches_per_epoch()`;
 - `epoch_batches(epoch)` → the epoch's micro-batches; `batch_loss(batch)` → scalar loss of one;
-- `embed(split)` → (N, D) image and (M, D) caption embeddings, fp32, L2-normalised;
+- `make_run()` → the run object (`pipeline.runs.run.Run`) around its live modules: validation, the test
+  report and `evaluate` all embed through that object (`embed(split)`);
 - `encode_queries(text)` → (Q, D) embeddings of raw caption inputs (for inference timing; a mode whose
   queries are not pooled vectors overrides `query_search`, and one that re-ranks, `test_metrics`);
 - `checkpoint()` → the weights and what rebuilds the model; `load_weights(state, path)`.
@@ -14,6 +15,7 @@ counts epochs without a better validation rsum from `training.min_epochs` on.
 """
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +30,9 @@ from encoding.errors import BadInput
 from encoding.runtime import resolve_precision
 from pipeline.data.split_tensors import SplitTensors
 from pipeline.evaluation.metrics import retrieval_metrics
+from pipeline.evaluation.rerank import reranked_metrics
 from pipeline.reporting.plots import training_curves
+from pipeline.runs.run import Run
 from pipeline.training.checkpoint import (
     load_checkpoint,
     restore_resumable_state,
@@ -39,6 +43,7 @@ from pipeline.training.distributed import from_rank0, start_distributed
 
 CURVES_INTERVAL_S = 30  # training_curves.png is redrawn at most this often while training
 TIMED_QUERIES = 1000  # text queries of the inference timing in run_info.json
+log = logging.getLogger(f"xalign.{__name__}")
 
 
 DIVERGENCE_KEYS = "training.learning_rate, loss.temperature, training.warmup_steps or training.grad_clip"
@@ -100,6 +105,9 @@ class Trainer:
     def __init__(self, config, train: SplitTensors, val: SplitTensors, out_dir: Path | None = None):
         self.config, t = config, config.training
         self.rank, self.world, self.device = start_distributed(t.device)
+        if t.batch_size % self.world:
+            raise BadInput(f"training.batch_size {t.batch_size} must divide by the {self.world} torchrun processes")
+        self._run_model: Run | None = None
         self.precision = resolve_precision(t.precision, self.device)
         self.train, self.val = train, val
         torch.manual_seed(t.seed)
@@ -131,7 +139,7 @@ class Trainer:
     def batch_loss(self, batch) -> torch.Tensor:
         raise NotImplementedError
 
-    def embed(self, split: SplitTensors) -> tuple[torch.Tensor, torch.Tensor]:
+    def make_run(self) -> Run:
         raise NotImplementedError
 
     def encode_queries(self, text: torch.Tensor) -> torch.Tensor:
@@ -198,13 +206,28 @@ class Trainer:
             )
         return mean
 
+    @property
+    def run_model(self) -> Run:
+        """The run object of the current weights (built once; it holds the live modules)."""
+        if self._run_model is None:
+            self._run_model = self.make_run()
+        return self._run_model
+
+    def embed(self, split: SplitTensors) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, D) image and (M, D) caption embeddings of `split`, fp32, L2-normalised (through the run object)."""
+        return self.run_model.embed_split(split)[:2]
+
     def evaluate(self, split: SplitTensors) -> dict:
         """Retrieval metrics of `split` (fp32 embeddings)."""
         return self.test_metrics(split, *self.embed(split))
 
     def test_metrics(self, split: SplitTensors, image: torch.Tensor, text: torch.Tensor) -> dict:
-        """Retrieval metrics of a split's (N, D) image and (M, D) caption embeddings."""
-        return retrieval_metrics(image, text, split.caption_image_index.to(image.device))
+        """Retrieval metrics of a split's (N, D) image and (M, D) caption embeddings; a run that scores pairs
+        re-ranks the dual top K with its match logits."""
+        run, index = self.run_model, split.caption_image_index.to(image.device)
+        if run.scores_pairs:
+            return reranked_metrics(image, text, index, run.rerank_k, run.pair_scorer(split))
+        return retrieval_metrics(image, text, index)
 
     def query_search(self, test: SplitTensors, gallery: torch.Tensor, k: int = 10) -> Callable[[], object]:
         """A closure that embeds 1,000 test captions (repeating when there are fewer) and takes their top K of
@@ -245,7 +268,7 @@ class Trainer:
         if self.rank != 0:
             return
         if self.log_epochs:
-            tqdm.write(self.epoch_line(record))
+            log.info(self.epoch_line(record))
         if writer is not None:
             for key, value in record.items():
                 if key != "epoch":

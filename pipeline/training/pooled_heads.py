@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from encoding.errors import BadInput
 from encoding.runtime import autocast
 from pipeline import heads, losses
 from pipeline.config.experiment import ExperimentConfig
-from pipeline.data.split_tensors import EpochSampler, SplitTensors, fits_on
+from pipeline.data.split_tensors import EpochSampler, fits_on
 from pipeline.losses.mixing import fusemix
+from pipeline.runs.head_runs import HeadRun
 from pipeline.training.checkpoint import load_weights
 from pipeline.training.distributed import gather_features, summing_ddp
 from pipeline.training.loop import Trainer
@@ -38,8 +38,6 @@ class HeadTrainer(Trainer):
 
     def build(self):
         t = self.config.training
-        if t.batch_size % self.world:
-            raise BadInput(f"training.batch_size {t.batch_size} must divide by the {self.world} torchrun processes")
         self.train = self.train.to(self.device) if fits_on(self.train, self.device) else self.train
         self.val = self.val.to(self.device) if fits_on(self.val, self.device) else self.val
         model, loss = build_model_and_loss(self.config, *self.train.dims)
@@ -103,8 +101,8 @@ class HeadTrainer(Trainer):
             **extra,
         )
 
-    def embed(self, split: SplitTensors) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.embed(split.image, split.text, self.config.training.eval_batch_size)
+    def make_run(self) -> HeadRun:
+        return HeadRun(self.config, self.model, self.device, self.train.cache_dir)
 
     @torch.no_grad()
     def encode_queries(self, text: torch.Tensor) -> torch.Tensor:

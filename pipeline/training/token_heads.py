@@ -13,67 +13,35 @@ import torch
 from encoding.errors import BadInput
 from encoding.runtime import autocast
 from pipeline.data.split_tensors import SplitTensors
-from pipeline.data.token_source import TokenBatch, token_shape, token_source
-from pipeline.data.token_stream import ChunkedSampler, epoch_batches, prefetched
-from pipeline.evaluation.rerank import reranked, reranked_metrics
-from pipeline.heads.token_pair import TokenHeadPair
+from pipeline.data.token_source import TokenBatch, token_shape
+from pipeline.data.token_stream import ChunkedSampler, epoch_batches
+from pipeline.evaluation.rerank import reranked
 from pipeline.losses.itm import itm_pairs
+from pipeline.runs.head_runs import CrossEncoderRun, TokenHeadRun
 from pipeline.training.distributed import gather_features
 from pipeline.training.loop import TIMED_QUERIES
 from pipeline.training.pooled_heads import HeadTrainer, build_model_and_loss
 
 
-@torch.no_grad()
-def embed_tokens(model: TokenHeadPair, source, split: SplitTensors, batch_size: int, device) -> tuple:
-    """(N, D) image and (M, D) caption embeddings of a split's tokens, fp32, eval mode, `batch_size` at a time."""
-    model.eval()
-
-    def chunks(count: int, read):
-        return (
-            prefetched(read(rows) for rows in torch.arange(count).split(batch_size))
-            if source.streamed
-            else (read(rows) for rows in torch.arange(count).split(batch_size))
-        )
-
-    image = [model.encode_image(tokens.to(device).float()) for tokens in chunks(len(split.image_ids), source.images)]
-    text = [
-        model.encode_text(tokens.to(device).float(), mask.to(device))
-        for tokens, mask in chunks(len(split.caption_image_index), source.captions)
-    ]
-    return torch.cat(image), torch.cat(text)
-
-
-def match_scorer(model, source, device):
-    """`score_pairs(image_rows, caption_rows) -> (P,)` match logits of the cross encoder on a split's tokens."""
-
-    @torch.no_grad()
-    def score(image_rows: torch.Tensor, caption_rows: torch.Tensor) -> torch.Tensor:
-        text, mask = source.captions(caption_rows.cpu())
-        image = source.images(image_rows.cpu())
-        return model.match(image.to(device).float(), text.to(device).float(), mask.to(device)).float()
-
-    return score
-
-
 class TokenTrainer(HeadTrainer):
     """Trains a dual token head on the train split's tokens, validating on the val split's each epoch."""
 
+    run_class = TokenHeadRun
+
     def build(self):
         t, loss_options = self.config.training, self.config.loss
-        if t.batch_size % self.world:
-            raise BadInput(f"training.batch_size {t.batch_size} must divide by the {self.world} torchrun processes")
         if loss_options.mixup_alpha > 0:
             raise BadInput(
                 "config key 'loss.mixup_alpha': latent mixup mixes pooled vectors; token heads do not take it"
             )
         if loss_options.type == "blip":
             raise BadInput("config key 'loss.type': 'blip' needs momentum heads; token heads train with the others")
-        self.sources: dict[int, tuple] = {}
         shape = token_shape(self.train.cache_dir)
         self.token_dims = [shape.image_dim, shape.text_dim]
-        self.train_tokens = self.tokens_of(self.train)
         model, loss = build_model_and_loss(self.config, *self.token_dims)
         model.to(self.device)
+        self._run_model = self.run_class(self.config, model, self.device, self.train.cache_dir)
+        self.train_tokens = self.tokens_of(self.train)
         self.forward = self.wrap(model)
         self.loss_takes_momentum = False
         self.sampler = ChunkedSampler(
@@ -83,11 +51,8 @@ class TokenTrainer(HeadTrainer):
         return model, loss
 
     def tokens_of(self, split: SplitTensors):
-        """The token source of `split`, opened once (in memory or streamed, as `data.stream` says)."""
-        key = id(split.cache_rows[0])  # `SplitTensors.to` keeps the row arrays: a moved split is the same split
-        if key not in self.sources:
-            self.sources[key] = (split.cache_rows, token_source(split, self.config.data.stream))
-        return self.sources[key][1]
+        """The token source of `split`, opened once by the run object (in memory or streamed, `data.stream`)."""
+        return self.run_model.tokens_of(split)
 
     def share(self) -> slice:
         part = self.batch_size // self.world
@@ -107,9 +72,6 @@ class TokenTrainer(HeadTrainer):
         image, text = self.features(batch)
         return self.loss(gather_features(image), gather_features(text), gather_features(batch.image_rows))
 
-    def embed(self, split: SplitTensors) -> tuple[torch.Tensor, torch.Tensor]:
-        return embed_tokens(self.model, self.tokens_of(split), split, self.config.training.eval_batch_size, self.device)
-
     def query_search(self, test: SplitTensors, gallery: torch.Tensor, k: int = 10):
         """A closure embedding 1,000 test captions' tokens (read beforehand) and taking their top K images."""
         text, mask = self.tokens_of(test).captions(torch.arange(TIMED_QUERIES) % len(test.caption_image_index))
@@ -124,6 +86,8 @@ class TokenTrainer(HeadTrainer):
 class CrossEncoderTrainer(TokenTrainer):
     """Trains `cross_encoder` with `itm`: ITC on its dual features + a match loss on the positive pairs and one
     hard negative caption per image and image per caption, drawn from the batch's ITC similarity."""
+
+    run_class = CrossEncoderRun
 
     def build(self):
         if self.world > 1:
@@ -152,12 +116,6 @@ class CrossEncoderTrainer(TokenTrainer):
                 batch.image[images].float(), batch.text[captions].float(), batch.text_mask[captions]
             )
         return self.loss(image, text, batch.image_rows, match_logits=logits.float(), match_labels=labels)
-
-    def test_metrics(self, split: SplitTensors, image: torch.Tensor, text: torch.Tensor) -> dict:
-        """Metrics of the dual features' top `model.rerank_k` re-ranked by the match head."""
-        index = split.caption_image_index.to(image.device)
-        scorer = match_scorer(self.model.eval(), self.tokens_of(split), self.device)
-        return reranked_metrics(image, text, index, self.config.model.rerank_k, scorer)
 
     def query_search(self, test: SplitTensors, gallery: torch.Tensor, k: int = 10):
         """Embed 1,000 test captions and re-rank their top `rerank_k` images with the match head."""

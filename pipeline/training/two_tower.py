@@ -21,8 +21,9 @@ from encoding.backbones.text_encoder import build_text_encoder, text_tokenizer
 from encoding.errors import BadInput
 from encoding.runtime import autocast
 from pipeline.config.backbone import trainable_layers
-from pipeline.data.images import Captions, PairImages, pair_loader
+from pipeline.data.images import PairImages, pair_loader
 from pipeline.data.split_tensors import SplitTensors
+from pipeline.runs.backbone_runs import TwoTowerRun
 from pipeline.training.backbone import BackboneTrainer, lock_trunk
 from pipeline.training.checkpoint import load_weights
 from pipeline.training.distributed import gather_features
@@ -32,31 +33,18 @@ from pipeline.training.loop import TIMED_QUERIES
 DEFAULT_DIM = 512  # the shared embedding width when model.output_dim is left out
 
 
-class TwoTower(nn.Module):
-    """An image encoder and a text encoder into one `output_dim` space (unnormalised outputs)."""
-
-    def __init__(self, image: ImageEncoder, text: nn.Module):
-        super().__init__()
-        self.image, self.text = image, text
-
-    def forward(self, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor):
-        """(B, 3, H, W) pixels, (B, L) ids and mask → (B, D) image and (B, D) caption embeddings."""
-        return self.image(pixels), self.text(ids, mask)
-
-
 class TwoTowerTrainer(BackboneTrainer):
     """Trains `config`'s image encoder and text tower on the `train` split's images and caption texts."""
+
+    run_class = TwoTowerRun
 
     def build_model(self) -> nn.Module:
         m = self.config.model
         output_dim = m.output_dim or DEFAULT_DIM
         image = self.image_encoder_of(output_dim)
-        if self.restored is not None:
-            self.text_architecture = self.restored["text_architecture"]
-        else:
-            self.text_architecture = resolve_text_architecture(m.text.tower(), output_dim)
+        self.text_architecture = resolve_text_architecture(m.text.tower(), output_dim)
         self.tokenize = text_tokenizer(self.text_architecture)
-        text = build_text_encoder(self.text_architecture, pretrained=self.restored is None)
+        text = build_text_encoder(self.text_architecture, pretrained=True)
         text.tower.checkpointing(m.text.checkpointing)
         tower, layers = text.tower, trainable_layers(m.text.trainable, "model.text.trainable")
         self.locked = lock_trunk(image, m.trainable) + lock(
@@ -66,8 +54,12 @@ class TwoTowerTrainer(BackboneTrainer):
         return self.assemble(image, text)
 
     def assemble(self, image: ImageEncoder, text: nn.Module) -> nn.Module:
-        """The model of the two towers."""
-        return TwoTower(image, text)
+        """The model of the two towers (the run kind's own assembly)."""
+        return self.run_class.assemble(image, text, self.config)
+
+    def make_run(self) -> TwoTowerRun:
+        cache_dir = self.train.cache_dir
+        return self.run_class(self.config, self.model, self.device, cache_dir, self.precision, self.tokenize)
 
     def pair_batches(self, rows, captions, batch: int, drop_last: bool) -> Iterator:
         """Micro-batches of ((B,) image rows, (B, 3, H, W) pixels, (B, L) caption ids, (B, L) mask) of the
@@ -86,27 +78,6 @@ class TwoTowerTrainer(BackboneTrainer):
         image, text = F.normalize(image.float(), dim=-1), F.normalize(text.float(), dim=-1)
         return self.loss(*(gather_features(x) for x in (image, text, rows)))
 
-    @torch.no_grad()
-    def embed_texts(self, texts) -> torch.Tensor:
-        """(M,) caption texts → (M, D) L2-normalised fp32 embeddings (tokenised in the loader workers)."""
-        self.model.eval()
-        captions = Captions(texts)
-        batches = self.pair_loader(captions, range(len(captions)), self.config.training.eval_batch_size, False)
-        parts = [self.encode_tokens(ids, mask) for ids, mask in batches]
-        return torch.cat(parts) if parts else torch.zeros(0, self.architecture["output_dim"], device=self.device)
-
-    def encode_tokens(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        with autocast(self.device, self.precision):
-            text = self.model.text(ids.to(self.device), mask.to(self.device))
-        return F.normalize(text.float(), dim=-1)
-
-    @property
-    def image_encoder(self) -> nn.Module:
-        return self.model.image
-
-    def embed(self, split: SplitTensors) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.embed_images(split.image_paths), self.embed_texts(split.captions)
-
     def query_search(self, test: SplitTensors, gallery: torch.Tensor, k: int = 10) -> Callable[[], object]:
         """Tokenise and embed 1,000 test caption texts, then take their top K of the gallery."""
         texts = [test.captions[i % len(test.captions)] for i in range(TIMED_QUERIES)]
@@ -116,7 +87,7 @@ class TwoTowerTrainer(BackboneTrainer):
             self.model.eval()
             with torch.no_grad():
                 ids, mask = self.tokenize(texts)
-                return (self.encode_tokens(ids, mask) @ gallery.T).topk(k, dim=1)
+                return (self.run_model.encode_tokens(ids, mask) @ gallery.T).topk(k, dim=1)
 
         return search
 

@@ -58,7 +58,7 @@ def test_encode_cache_passes_dataset_options_to_the_reader_and_records_them(tmp_
     assert meta == cache.read_metadata(tmp_path / "cache")
     assert meta["complete"] and meta["num_images"] == 60 and meta["num_shards"] == 3
     assert meta["dataset"]["num_images"] == 60
-    assert f"{tmp_path / 'cache'}: 60 images, 300 captions, 0 skipped (complete)" in capsys.readouterr().out
+    assert f"{tmp_path / 'cache'}: 60 images, 300 captions, 0 skipped (complete)" in capsys.readouterr().err
     assert encode_cache(demo_request(tmp_path, dataset_options={"num_images": 60}))["shards"] == meta["shards"]
     with pytest.raises(BadInput, match=r"this cache was built with dataset\.num_images=60, not 80"):
         encode_cache(demo_request(tmp_path, dataset_options={"num_images": 80}))

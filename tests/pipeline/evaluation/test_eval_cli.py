@@ -11,9 +11,8 @@ from conftest import write_synthetic_cache
 
 from encoding import cache
 from encoding.commands import split
-from pipeline import cli
+from pipeline import cli, open_run
 from pipeline.data.split_tensors import load_splits
-from pipeline.evaluation.evaluate import load_run
 from pipeline.evaluation.metrics import retrieval_metrics
 
 CLASSES = ["zero", "one", "two", "three", "four"]
@@ -81,7 +80,7 @@ def test_evaluate_other_split_keeps_the_runs_test_metrics(trained):
     assert cli.main(["evaluate", str(run), "--split", "val", "--checkpoint", "last.pt"]) == 0
     assert (run / "metrics.json").read_text() == before
     val = json.loads((run / "metrics-val.json").read_text())
-    _, model, _ = load_run(run, "last.pt")
+    model = open_run(run, "last.pt").model
     data = load_splits(work / "cache", ["val"])["val"]
     with torch.no_grad():
         expected = retrieval_metrics(
@@ -158,7 +157,7 @@ def test_zeroshot_through_the_runs_text_head(trained, tmp_path):
         str(out),
     ]
     assert cli.main(argv) == 0
-    _, model, _ = load_run(run)
+    model = open_run(run).model
     test = load_splits(work / "cache", ["test"])["test"]
     with torch.no_grad():
         expected = naive_zeroshot(

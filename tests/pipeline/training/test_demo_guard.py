@@ -52,7 +52,7 @@ def test_a_demo_run_is_replaced_and_nothing_else(tmp_path, encodes, capsys):
     (tmp_path / "results" / "mine" / "keep.txt").write_text("keep")
     capsys.readouterr()
     assert _demo(tmp_path) == 0
-    assert f"note: replacing the earlier demo run in {run}" in capsys.readouterr().out
+    assert f"note: replacing the earlier demo run in {run}" in capsys.readouterr().err
     assert not (run / "stale.txt").exists() and (run / demo.MARK).is_file() and (run / "metrics.json").is_file()
     assert (tmp_path / "results" / "mine" / "keep.txt").read_text() == "keep"
 

@@ -117,8 +117,8 @@ def test_train_prints_a_line_per_epoch_and_logs_tensorboard(synthetic_cache, tmp
     monkeypatch.chdir(tmp_path)
     sections = "training: {num_epochs: 2, batch_size: 8, device: cpu, tensorboard: true}\n"
     assert _train_cli(tmp_path, synthetic_cache, "r", sections) == 0
-    out = capsys.readouterr().out
-    assert "epoch 1/2  loss " in out and "epoch 2/2  loss " in out and "val rsum " in out and "R@1 i2t/t2i " in out
+    err = capsys.readouterr().err
+    assert "epoch 1/2  loss " in err and "epoch 2/2  loss " in err and "val rsum " in err and "R@1 i2t/t2i " in err
     run = tmp_path / "results" / "r"
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert set(json.loads((run / "run_info.json").read_text())) == RUN_INFO_KEYS
