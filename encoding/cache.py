@@ -10,6 +10,7 @@ import datetime
 import fcntl
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import h5py
@@ -126,13 +127,14 @@ def write_shard(cache_dir: Path, index: int, data: ShardData, dtype: str = "floa
 
 
 def read_metadata(cache_dir: Path) -> dict:
-    """`metadata.json`, checked for every key the readers need (`cache_checks.check_metadata`)."""
+    """`metadata.json`, checked for every key the readers need (`cache_checks.check_metadata`), with the keys
+    the project added beyond the contract derived where absent (`cache_checks.with_project_keys`)."""
     path = Path(cache_dir) / METADATA
     if not path.is_file():
         raise BadInput(f"{path}: not an xalign cache (no {METADATA}); build one with `xalign encode`")
     meta = load_json(path)
     checks.check_metadata(path, meta, FORMAT)
-    return meta
+    return checks.with_project_keys(meta)
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -244,40 +246,69 @@ def finished_shards(cache_dir: Path) -> set[int]:
     return done
 
 
-def load_cache(cache_dir: Path, dtype=np.float32, verify: bool = True) -> CacheArrays:
-    """Read every shard of a complete cache into contiguous arrays, refusing a damaged one (`BadInput`).
+@dataclass(frozen=True, eq=False)
+class Cache:
+    """A complete cache opened once for a command (`open_cache`): its checked `metadata.json` and content
+    fingerprint; `splits.json` is read on first use. `verified`: every shard's sha256 was checked at open."""
 
-    Always checked: shard files and datasets present, row counts and dims as in metadata, finite
-    embeddings, every caption's image in the cache. `verify`: also each shard's sha256 (reads every byte).
-    """
-    cache_dir = Path(cache_dir)
-    meta = read_metadata(cache_dir)
-    if not meta["complete"]:
-        raise BadInput(
-            f"{cache_dir}: cache is incomplete ({len(meta['shards'])} of {meta['num_shards']} shards); "
-            "rerun the same `xalign encode` command to finish it"
+    dir: Path
+    meta: dict
+    fingerprint: str
+    verified: bool
+
+    @property
+    def shards(self) -> list[dict]:
+        return self.meta["shards"]
+
+    @property
+    def has_splits(self) -> bool:
+        return (self.dir / SPLITS).is_file()
+
+    @cached_property
+    def splits(self) -> dict:
+        """`splits.json`, read and checked once (`read_splits`)."""
+        return read_splits(self.dir)
+
+    def arrays(self, dtype=np.float32) -> CacheArrays:
+        """Every shard read into contiguous arrays (embeddings as `dtype`), read anew on each call; `BadInput` on
+        a missing dataset, row counts or dims other than the metadata's, non-finite embeddings, or a caption
+        whose image is not in the cache."""
+        parts: dict[str, list] = {}
+        for shard in self.shards:
+            for name, value in checks.read_shard(self.dir / shard["file"], shard, self.meta, dtype).items():
+                parts.setdefault(name, []).append(value)
+        for name, values in parts.items():
+            if len(values) != len(self.shards):  # an optional column (labels, ...) in some shards only
+                key = next(key for field, key, *_ in checks.COLUMNS if field == name)
+                raise BadInput(
+                    f"{self.dir}: '{key}' is in {len(values)} of {len(self.shards)} shards; expected all or none"
+                )
+        arrays = {name: np.concatenate(values) for name, values in parts.items()}
+        arrays["caption_image_index"] = checks.caption_rows(
+            self.dir, self.shards, arrays["image_ids"], arrays["caption_image_ids"]
         )
-    if not meta["shards"]:
-        raise BadInput(f"{cache_dir / METADATA}: lists no shards; expected at least one")
-    if not any(shard["num_images"] for shard in meta["shards"]):
-        raise BadInput(f"{cache_dir}: holds no images (every item was skipped at encoding; `xalign inspect` says why)")
+        return CacheArrays(**arrays)
+
+
+def open_cache(source: Path | Cache, verify: bool = True) -> Cache:
+    """The cache in directory `source` opened: `metadata.json` read once and checked, a cache that is incomplete
+    or holds no images refused (`cache_checks.check_loadable`), each shard's sha256 compared with its entry when
+    `verify` (reads every byte), the fingerprint computed. A `Cache` is returned as it is (checked as asked when
+    it was opened)."""
+    if isinstance(source, Cache):
+        return source
+    cache_dir = Path(source)
+    meta = read_metadata(cache_dir)
+    checks.check_loadable(cache_dir / METADATA, meta)
     if verify:
         checks.verify_hashes(cache_dir, meta["shards"])
-    parts: dict[str, list] = {}
-    for shard in meta["shards"]:
-        for name, value in checks.read_shard(cache_dir / shard["file"], shard, meta, dtype).items():
-            parts.setdefault(name, []).append(value)
-    for name, values in parts.items():
-        if len(values) != len(meta["shards"]):  # an optional column (labels, ...) in some shards only
-            key = next(key for field, key, *_ in checks.COLUMNS if field == name)
-            raise BadInput(
-                f"{cache_dir}: '{key}' is in {len(values)} of {len(meta['shards'])} shards; expected all or none"
-            )
-    arrays = {name: np.concatenate(values) for name, values in parts.items()}
-    arrays["caption_image_index"] = checks.caption_rows(
-        cache_dir, meta["shards"], arrays["image_ids"], arrays["caption_image_ids"]
-    )
-    return CacheArrays(**arrays)
+    return Cache(cache_dir, meta, cache_fingerprint(meta), verify)
+
+
+def load_cache(cache_dir: Path, dtype=np.float32, verify: bool = True) -> CacheArrays:
+    """Read every shard of a complete cache into contiguous arrays, refusing a damaged one (`BadInput`):
+    `open_cache(cache_dir, verify).arrays(dtype)`."""
+    return open_cache(cache_dir, verify).arrays(dtype)
 
 
 def read_splits(cache_dir: Path) -> dict:

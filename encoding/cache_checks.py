@@ -16,9 +16,8 @@ from encoding.safe_load import shown
 
 HASH_PROGRESS_BYTES = 1 << 30  # show a progress bar when hashing more than this
 SPLIT_NAMES = ("train", "val", "test")
-_METADATA_KEYS = (  # (dotted key, expected type); checked in order, so a parent comes before its fields
+_METADATA_KEYS = (  # (dotted key, expected type) of the contract; checked in order, a parent before its fields
     ("complete", bool),
-    ("num_shards", int),
     ("shards", list),
     ("image_model", dict),
     ("image_model.dim", int),
@@ -31,7 +30,9 @@ TOKEN_KEYS = (  # present (all four) only in token caches, `xalign encode --toke
     ("text_model.token_dim", int),
     ("text_model.max_tokens", int),
 )
-_SHARD_KEYS = (("index", int), ("file", str), ("sha256", str), ("num_images", int), ("num_captions", int))
+PROJECT_KEYS = (("num_shards", int),)  # added beyond the contract: checked when present, else derived
+_SHARD_KEYS = (("file", str), ("sha256", str), ("num_images", int), ("num_captions", int))
+_PROJECT_SHARD_KEYS = (("index", int),)  # likewise, in each shard entry
 COLUMNS = (  # (CacheArrays field, shard dataset, UTF-8 strings?, required?)
     ("image_ids", "images/ids", True, True),
     ("image_embeddings", "images/embeddings", False, True),
@@ -71,24 +72,49 @@ def _check_key(path: Path, container: dict, key: str, dotted: str, kind: type) -
 
 
 def check_metadata(path: Path, meta, cache_format: str) -> None:
-    """Refuse a `metadata.json` payload that lacks a key the readers need or has one of the wrong type."""
+    """Refuse a `metadata.json` payload that lacks a contract key the readers need, or has one (or a key of
+    `PROJECT_KEYS`) of the wrong type."""
     if not isinstance(meta, dict):
         raise BadInput(f"{path}: expected a JSON object, found {json_type(meta)}")
     if meta.get("format") != cache_format:
         raise BadInput(f"{path}: 'format' is {meta.get('format')!r}, expected {cache_format!r}")
-    for dotted, kind in _METADATA_KEYS + (TOKEN_KEYS if has_tokens(meta) else ()):
+    project = tuple(item for item in PROJECT_KEYS if item[0] in meta)
+    for dotted, kind in _METADATA_KEYS + project + (TOKEN_KEYS if has_tokens(meta) else ()):
         *parents, key = dotted.split(".")
         container = meta[parents[0]] if parents else meta
         _check_key(path, container, key, dotted, kind)
     for i, shard in enumerate(meta["shards"]):
         if not isinstance(shard, dict):
             raise BadInput(f"{path}: key 'shards[{i}]' is {json_type(shard)}, expected an object")
-        for key, kind in _SHARD_KEYS:
+        for key, kind in _SHARD_KEYS + tuple(item for item in _PROJECT_SHARD_KEYS if item[0] in shard):
             _check_key(path, shard, key, f"shards[{i}].{key}", kind)
         if Path(shard["file"]).name != shard["file"] or shard["file"] in ("", ".", ".."):
             raise BadInput(
                 f"{path}: key 'shards[{i}].file' is {shard['file']!r}, expected a file name inside the cache"
             )
+
+
+def check_loadable(path: Path, meta: dict) -> None:
+    """Refuse (`BadInput`) the checked `meta` of `path` (a metadata.json) when its cache is incomplete, lists no
+    shards or holds no images."""
+    if not meta["complete"]:
+        raise BadInput(
+            f"{path.parent}: cache is incomplete ({len(meta['shards'])} of {meta['num_shards']} shards); "
+            "rerun the same `xalign encode` command to finish it"
+        )
+    if not meta["shards"]:
+        raise BadInput(f"{path}: lists no shards; expected at least one")
+    if not any(shard["num_images"] for shard in meta["shards"]):
+        raise BadInput(
+            f"{path.parent}: holds no images (every item was skipped at encoding; `xalign inspect` says why)"
+        )
+
+
+def with_project_keys(meta: dict) -> dict:
+    """A checked `meta` with the keys the project added beyond the contract filled in where absent: `num_shards`
+    (the shards listed) and each shard's `index` (its position in `shards`)."""
+    shards = [{"index": i, **shard} for i, shard in enumerate(meta["shards"])]
+    return {"num_shards": len(shards), **meta, "shards": shards}
 
 
 def has_tokens(meta: dict) -> bool:

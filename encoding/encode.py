@@ -213,8 +213,9 @@ def model_entries(request: EncodeRequest, image_model, text_model, prefix: str, 
     """The `image_model` and `text_model` entries of metadata.json (with the token keys of a token cache)."""
     image_entry, text_entry = (tokens.image_entry(), tokens.text_entry()) if tokens else ({}, {})
     stored = {"dtype": request.dtype, "normalized": True}
+    image_size = {"image_size": request.image_size} if request.image_size else {}  # rebuilds the same preprocessing
     return {
-        "image_model": {**image_model.describe(), **image_entry, **stored},
+        "image_model": {**image_model.describe(), **image_entry, **stored, **image_size},
         "text_model": {**text_model.describe(), **text_entry, "prefix": prefix, **stored},
     }
 
@@ -272,6 +273,14 @@ def encode_cache(request: EncodeRequest) -> dict:
     return report(request.out, job)
 
 
+def summary(out: Path, meta: dict) -> str:
+    """`OUT: N images, M captions, K skipped (complete)` (or `(i/n shards)` for an unfinished cache)."""
+    state = "complete" if meta["complete"] else f"{len(meta['shards'])}/{meta['num_shards']} shards"
+    return (
+        f"{out}: {meta['num_images']} images, {meta['num_captions']} captions, {len(meta['skipped'])} skipped ({state})"
+    )
+
+
 def refuse_missing_images(root: Path, records: list[ImageRecord]) -> None:
     """`BadInput` before anything is written when not one image file the annotations name exists (a wrong --root)."""
     files = [record.path for record in records if "://" not in record.path]
@@ -282,7 +291,7 @@ def refuse_missing_images(root: Path, records: list[ImageRecord]) -> None:
 
 
 def report(out: Path, job: EncodeJob) -> dict:
-    """Wait for every rank, log the cache's state once (rank 0) → its metadata.
+    """Wait for every rank → the cache's metadata (`summary` says what it holds).
 
     A complete cache without a single image is `BadInput`; more than `SKIPPED_WARNING` of the items
     skipped is a warning.
@@ -292,8 +301,6 @@ def report(out: Path, job: EncodeJob) -> dict:
     meta = cache.read_metadata(out)
     skipped, images = len(meta["skipped"]), meta["num_images"]
     if job.rank == 0:
-        state = "complete" if meta["complete"] else f"{len(meta['shards'])}/{job.num_shards} shards"
-        log.info(f"{out}: {images} images, {meta['num_captions']} captions, {skipped} skipped ({state})")
         if skipped > SKIPPED_WARNING * (images + skipped):
             log.warning(
                 f"{skipped} of {images + skipped} items were skipped; `xalign inspect {out}` lists each with its reason"

@@ -10,7 +10,8 @@ import argparse
 from pathlib import Path
 
 from encoding.datasets import DATASETS
-from encoding.encode import EncodeRequest, encode_cache
+from encoding.encode import EncodeRequest, encode_cache, summary
+from encoding.runtime import torchrun_env
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,5 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    encode_cache(EncodeRequest(**vars(build_parser().parse_args(argv))))
+    args = build_parser().parse_args(argv)
+    meta = encode_cache(EncodeRequest(**vars(args)))
+    if torchrun_env()[0] == 0:  # one line per job, from rank 0
+        print(summary(args.out, meta))
     return 0

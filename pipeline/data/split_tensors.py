@@ -1,6 +1,6 @@
 """Cache splits as contiguous tensors, and the index permutations the training engine draws batches from."""
 
-import sys
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -8,9 +8,11 @@ import numpy as np
 import torch
 
 from encoding import cache
+from encoding.cache import Cache, open_cache
 from encoding.errors import BadInput
-from encoding.fingerprints import cache_fingerprint
 from encoding.split import find_leaks
+
+log = logging.getLogger(f"xalign.{__name__}")
 
 GPU_MEMORY_SHARE = 0.5  # a split goes to the GPU when it takes at most this share of the free memory
 
@@ -28,6 +30,7 @@ class SplitTensors:
     labels: torch.Tensor | None = None  # (N,) int64
     cache_dir: Path | None = None  # the cache the split was read from
     cache_rows: tuple[np.ndarray, np.ndarray] | None = None  # (N,) image and (M,) caption rows in the cache
+    cache: Cache | None = None  # the opened cache the split was read from (its metadata, shards, fingerprint)
 
     def to(self, device) -> "SplitTensors":
         moved = {k: getattr(self, k).to(device) for k in ("image", "text", "caption_image_index")}
@@ -83,7 +86,7 @@ class EpochSampler:
         return rows, self.caption_order[self.offsets[rows] + pick]
 
 
-def _tensors(arrays: cache.CacheArrays, cache_dir: Path, rows: tuple[np.ndarray, np.ndarray]) -> SplitTensors:
+def _tensors(arrays: cache.CacheArrays, opened: Cache, rows: tuple[np.ndarray, np.ndarray]) -> SplitTensors:
     return SplitTensors(
         image=torch.from_numpy(np.ascontiguousarray(arrays.image_embeddings, dtype=np.float32)),
         text=torch.from_numpy(np.ascontiguousarray(arrays.caption_embeddings, dtype=np.float32)),
@@ -92,8 +95,9 @@ def _tensors(arrays: cache.CacheArrays, cache_dir: Path, rows: tuple[np.ndarray,
         captions=arrays.caption_text,
         image_paths=arrays.image_paths,
         labels=None if arrays.image_labels is None else torch.from_numpy(arrays.image_labels),
-        cache_dir=Path(cache_dir),
+        cache_dir=opened.dir,
         cache_rows=rows,
+        cache=opened,
     )
 
 
@@ -103,28 +107,28 @@ def _sample(ids) -> str:
     return f"{len(ids)} ids: {ids[:5]}{' ...' if len(ids) > 5 else ''}"
 
 
-def check_split_binding(cache_dir: Path, splits: dict) -> None:
+def check_split_binding(opened: Cache, splits: dict) -> None:
     """Refuse a `splits.json` written for other cache contents (its `cache_fingerprint` differs)."""
-    actual = cache_fingerprint(cache.read_metadata(cache_dir))
-    recorded = splits.get("cache_fingerprint")
+    cache_dir, recorded = opened.dir, splits.get("cache_fingerprint")
     if recorded is None:
-        print(
-            f"warning: {Path(cache_dir) / cache.SPLITS} records no cache fingerprint; "
-            f"bind it to this cache with `xalign split {cache_dir} --force`",
-            file=sys.stderr,
+        log.warning(
+            f"{cache_dir / cache.SPLITS} records no cache fingerprint; "
+            f"bind it to this cache with `xalign split {cache_dir} --force`"
         )
-    elif recorded != actual:
+    elif recorded != opened.fingerprint:
         raise BadInput(
-            f"{Path(cache_dir) / cache.SPLITS}: written for cache fingerprint {recorded[:12]}, but the cache is now "
-            f"{actual[:12]} (re-encoded or changed); write a new split with `xalign split {cache_dir} --force`"
+            f"{cache_dir / cache.SPLITS}: written for cache fingerprint {recorded[:12]}, but the cache is now "
+            f"{opened.fingerprint[:12]} (re-encoded or changed); write a new split with "
+            f"`xalign split {cache_dir} --force`"
         )
 
 
-def check_split_file(cache_dir: Path, splits: dict, arrays: cache.CacheArrays, names: list[str]) -> None:
+def check_split_file(opened: Cache, splits: dict, arrays: cache.CacheArrays, names: list[str]) -> None:
     """Refuse a `splits.json` that leaks (ids shared by train/val/test, duplicate images across them, tuning
     outside train) or whose requested splits name ids the cache lacks."""
-    path = Path(cache_dir) / cache.SPLITS
-    check_split_binding(cache_dir, splits)
+    cache_dir = opened.dir
+    path = cache_dir / cache.SPLITS
+    check_split_binding(opened, splits)
     known = set(arrays.image_ids)
     for name in names:
         unknown = set(splits[name]) - known
@@ -145,27 +149,27 @@ def check_split_file(cache_dir: Path, splits: dict, arrays: cache.CacheArrays, n
         )
 
 
-def load_splits(cache_dir: Path, names: list[str], verify: bool = True) -> dict[str, SplitTensors]:
-    """The named splits of `splits.json` (plus `all`, the whole cache), reading the cache once.
-
-    The cache is checked by `cache.load_cache` (`verify`: also each shard's sha256); the split file must
-    be leak-free and name only ids of the cache (`check_split_file`).
+def load_splits(source: Cache | Path, names: list[str], verify: bool = True) -> dict[str, SplitTensors]:
+    """The named splits of `splits.json` (plus `all`, the whole cache) of an opened cache, or of the cache in
+    directory `source` (opened here: `cache.open_cache(source, verify)`, `verify` hashing each shard), reading
+    the shards once. The split file must be leak-free and name only ids of the cache (`check_split_file`).
     """
-    arrays = cache.load_cache(cache_dir, verify=verify)
+    opened = open_cache(source, verify)
+    arrays = opened.arrays()
     wanted = [name for name in names if name != "all"]
-    splits = cache.read_splits(cache_dir) if wanted else {}
+    splits = opened.splits if wanted else {}
     for name in wanted:
         if name not in splits or not isinstance(splits[name], list):
             valid = sorted(k for k, v in splits.items() if isinstance(v, list))
-            raise BadInput(f"{Path(cache_dir) / cache.SPLITS}: no split '{name}'; available: {', '.join(valid)}, all")
+            raise BadInput(f"{opened.dir / cache.SPLITS}: no split '{name}'; available: {', '.join(valid)}, all")
         if not splits[name]:
-            raise BadInput(f"{Path(cache_dir) / cache.SPLITS}: split '{name}' is empty")
+            raise BadInput(f"{opened.dir / cache.SPLITS}: split '{name}' is empty")
     if wanted:
-        check_split_file(cache_dir, splits, arrays, wanted)
+        check_split_file(opened, splits, arrays, wanted)
     everything = (np.arange(len(arrays.image_ids)), np.arange(len(arrays.caption_image_ids)))
     return {
-        name: _tensors(arrays, cache_dir, everything)
+        name: _tensors(arrays, opened, everything)
         if name == "all"
-        else _tensors(arrays.select(splits[name]), cache_dir, arrays.rows_of(splits[name]))
+        else _tensors(arrays.select(splits[name]), opened, arrays.rows_of(splits[name]))
         for name in names
     }

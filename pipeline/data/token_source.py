@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import torch
 
-from encoding import cache
+from encoding.cache import Cache, open_cache
 from encoding.cache_checks import has_tokens, open_shard, token_dataset
 from encoding.errors import BadInput
 from pipeline.data.split_tensors import SplitTensors
@@ -44,15 +44,16 @@ class TokenShape:
         return 2 * self.image_tokens * self.image_dim + captions_per_image * text
 
 
-def token_shape(cache_dir: Path, meta: dict | None = None) -> TokenShape:
-    """The token dims of a cache (checked at read), or BadInput saying to encode it with `--tokens`."""
-    meta = cache.read_metadata(cache_dir) if meta is None else meta
-    if not has_tokens(meta):
+def token_shape(source: Cache | Path) -> TokenShape:
+    """The token dims of an opened cache, or of the cache in directory `source` (opened unhashed), or BadInput
+    saying to encode it with `--tokens`."""
+    opened = open_cache(source, verify=False)
+    if not has_tokens(opened.meta):
         raise BadInput(
-            f"{Path(cache_dir)}: this cache holds no tokens; token heads need a cache encoded with "
+            f"{opened.dir}: this cache holds no tokens; token heads need a cache encoded with "
             "`xalign encode ... --tokens`"
         )
-    image, text = meta["image_model"], meta["text_model"]
+    image, text = opened.meta["image_model"], opened.meta["text_model"]
     return TokenShape(image["num_tokens"], image["token_dim"], text["token_dim"], text["max_tokens"])
 
 
@@ -98,12 +99,11 @@ class ShardTokens:
 
     streamed = True
 
-    def __init__(self, cache_dir: Path, split: SplitTensors, shape: TokenShape, meta: dict | None = None):
-        meta = cache.read_metadata(cache_dir) if meta is None else meta
-        self.cache_dir, self.shape = Path(cache_dir), shape
-        self.files = [self.cache_dir / s["file"] for s in meta["shards"]]
-        self.image_starts = np.cumsum([0] + [s["num_images"] for s in meta["shards"]])
-        self.caption_starts = np.cumsum([0] + [s["num_captions"] for s in meta["shards"]])
+    def __init__(self, opened: Cache, split: SplitTensors, shape: TokenShape):
+        self.cache_dir, self.shape = opened.dir, shape
+        self.files = [opened.dir / s["file"] for s in opened.shards]
+        self.image_starts = np.cumsum([0] + [s["num_images"] for s in opened.shards])
+        self.caption_starts = np.cumsum([0] + [s["num_captions"] for s in opened.shards])
         self.image_rows, self.caption_rows = split.cache_rows
         self.handles: dict[int, h5py.File] = {}
 
@@ -181,11 +181,12 @@ def split_token_bytes(split: SplitTensors, shape: TokenShape) -> float:
 
 
 def token_source(split: SplitTensors, stream: bool | None = None) -> InMemoryTokens | ShardTokens:
-    """The tokens of `split` (read from `split.cache_dir`): streamed when `stream`, or when `stream` is None and
-    they take more than MEMORY_SHARE of the available memory; else read once into memory."""
-    meta = cache.read_metadata(split.cache_dir)
-    shape = token_shape(split.cache_dir, meta)
-    shards = ShardTokens(split.cache_dir, split, shape, meta)
+    """The tokens of `split` (read from `split.cache`, else from `split.cache_dir`): streamed when `stream`, or
+    when `stream` is None and they take more than MEMORY_SHARE of the available memory; else read once into
+    memory."""
+    opened = open_cache(split.cache or split.cache_dir, verify=False)
+    shape = token_shape(opened)
+    shards = ShardTokens(opened, split, shape)
     if stream is None:
         stream = split_token_bytes(split, shape) > MEMORY_SHARE * available_memory_bytes()
     if stream:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch.nn.functional as F
 
+from encoding.cache import open_cache
 from encoding.errors import BadInput
 from encoding.runtime import resolve_device
 from pipeline.config.experiment import read_yaml_mapping
@@ -61,7 +62,8 @@ def evaluate_run(
         raise BadInput(
             f"{Path(run_dir) / 'config.yaml'}: data.cache {run.config.data.cache} not found; pass --cache DIR"
         )
-    current = provenance.describe(data_dir, run.config)
+    opened = open_cache(data_dir, verify)
+    current = provenance.describe(opened, run.config)
     trained = provenance.recorded(run_dir)
     if trained is None:
         log.warning(f"{run_dir} records no provenance (an older run); its cache and split are not checked")
@@ -69,7 +71,7 @@ def evaluate_run(
         current = provenance.check_evaluation(run_dir, trained, current, cache_dir is not None, allow_new_split)
     bound = current if trained is None else trained  # the cache and split a dual run to re-rank must share
     check_options(run, run_dir, rerank, zeroshot)
-    data = load_splits(data_dir, [split], verify=verify)[split]
+    data = load_splits(opened, [split])[split]
     check_dims(run, data)
     image, text, index = run.embed_split(data)
     if run.scores_pairs:
@@ -78,7 +80,7 @@ def evaluate_run(
         metrics = retrieval_metrics(image, text, index, ks)
     if zeroshot is not None:
         encode = run.model.encode_text
-        metrics["zeroshot"] = zeroshot_metrics(data_dir, data.labels, image, encode, zeroshot, run.device)
+        metrics["zeroshot"] = zeroshot_metrics(opened, data.labels, image, encode, zeroshot, run.device)
     return {"split": split, **metrics, "provenance": current}
 
 
@@ -101,7 +103,7 @@ def check_dims(run: Run, data: SplitTensors) -> None:
     if run.kind == "head":
         dims, what = tuple(data.dims), "embedding"
     else:
-        shape = token_shape(data.cache_dir)
+        shape = token_shape(data.cache or data.cache_dir)
         dims, what = (shape.image_dim, shape.text_dim), "token"
     if dims != run.dims:
         raise BadInput(f"{data.cache_dir}: {what} dims {dims} differ from the run's heads {run.dims}")
@@ -148,7 +150,8 @@ def evaluate_cache(
 ) -> dict:
     """Metrics of a cache's raw, L2-normalised embeddings on `split` (image and text dims must be equal)."""
     target = resolve_device(device)
-    data = load_splits(cache_dir, [split], verify=verify)[split].to(target)
+    opened = open_cache(cache_dir, verify)
+    data = load_splits(opened, [split])[split].to(target)
     if data.image.shape[1] != data.text.shape[1]:
         raise BadInput(
             f"{cache_dir}: image dim {data.image.shape[1]} != text dim {data.text.shape[1]}; raw embeddings "
@@ -157,8 +160,8 @@ def evaluate_cache(
     image, text = F.normalize(data.image, dim=-1), F.normalize(data.text, dim=-1)
     metrics = {"split": split, **retrieval_metrics(image, text, data.caption_image_index, ks)}
     if zeroshot is not None:
-        metrics["zeroshot"] = zeroshot_metrics(cache_dir, data.labels, image, None, zeroshot, target)
-    return {**metrics, "provenance": provenance.describe(cache_dir)}
+        metrics["zeroshot"] = zeroshot_metrics(opened, data.labels, image, None, zeroshot, target)
+    return {**metrics, "provenance": provenance.describe(opened)}
 
 
 def default_run_output(run_dir: Path, split: str, cache_dir: Path | None) -> str:

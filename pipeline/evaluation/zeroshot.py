@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from encoding import cache
+from encoding.cache import Cache, open_cache
 from encoding.errors import BadInput
 from encoding.safe_load import CONFIG_BYTES, load_json, load_yaml
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "configs" / "zeroshot" / "templates.yaml"
+TEMPLATES = Path(__file__).resolve().parents[2] / "configs" / "zeroshot" / "templates.yaml"
 CLASSES_FILE = "classes.json"
 
 
@@ -76,13 +76,14 @@ def embed_prompts_with_backbone(meta: dict, prompts: list[str], device: torch.de
 
 def embed_prompts_from_cache(prompt_cache: Path, meta: dict, prompts: list[str]) -> torch.Tensor:
     """(P, D_txt) embeddings of `prompts` looked up by text among the captions of a second cache."""
-    other = cache.read_metadata(prompt_cache)
+    opened = open_cache(prompt_cache)
+    other = opened.meta
     if other["text_model"]["spec"] != meta["text_model"]["spec"]:
         raise BadInput(
             f"{prompt_cache}: text model {other['text_model']['spec']!r} differs from the evaluated cache's "
             f"{meta['text_model']['spec']!r}; prompts must come from the same text backbone"
         )
-    arrays = cache.load_cache(prompt_cache)
+    arrays = opened.arrays()
     row_of = {text: row for row, text in enumerate(arrays.caption_text)}
     missing = [p for p in prompts if p not in row_of]
     if missing:
@@ -128,12 +129,19 @@ class ZeroShotOptions:
 
 
 def zeroshot_metrics(
-    cache_dir: Path, labels, image_emb: torch.Tensor, encode_text: Callable | None, options: ZeroShotOptions, device
+    source: Cache | Path,
+    labels,
+    image_emb: torch.Tensor,
+    encode_text: Callable | None,
+    options: ZeroShotOptions,
+    device,
 ) -> dict:
-    """Zero-shot accuracy of (N, D) shared-space images with (N,) labels; prompts through `encode_text`."""
+    """Zero-shot accuracy of (N, D) shared-space images with (N,) labels of an opened cache (or of the cache in
+    directory `source`, opened unhashed); prompts through `encode_text`."""
+    opened = open_cache(source, verify=False)
+    cache_dir, meta = opened.dir, opened.meta
     if labels is None:
         raise BadInput(f"{cache_dir}: no images/labels; zero-shot needs a class-labelled cache (CIFAR-100, demo)")
-    meta = cache.read_metadata(cache_dir)
     names = load_class_names(meta, options.classes, int(labels.max()) + 1)
     template_set, templates = load_templates(options.templates, (meta.get("dataset") or {}).get("kind", ""))
     prompts = prompts_for(names, templates)

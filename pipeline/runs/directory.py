@@ -23,12 +23,14 @@ place for the whole run. The price: during the new run's first epoch, the old ru
 `.replaced/` rather than at their usual paths.
 """
 
+import logging
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from encoding.cache import open_cache
 from encoding.errors import BadInput
 from encoding.runtime import torchrun_env
 from pipeline.config.experiment import save_config
@@ -44,6 +46,7 @@ RESULTS = Path("results")
 REPLACED = ".replaced"  # the old run, set aside while a new one writes its first checkpoint
 REPLACING = ".replacing"  # an old run half moved aside or half moved back: moved back
 NOT_RUN = {LOCK_FILE, REPLACED, REPLACING}  # entries of a run directory that are not the run's files
+log = logging.getLogger(f"xalign.{__name__}")
 
 
 @dataclass
@@ -168,20 +171,21 @@ def train_run(config, out_dir: Path, resume: bool = False, verify: bool = True) 
     """Train `config` (its trainer: `trainer_for`) into `out_dir`, then evaluate the best checkpoint on the test
     split.
 
-    The run records its provenance (`provenance.json`, and in metrics.json); `resume` is refused on
-    other data or with another config (`provenance.check_resume`). `verify`: hash the cache's shards and the
-    resumed checkpoint. An old run set aside in `out_dir` (`replacing`) is deleted after the first epoch's
-    checkpoint.
+    The cache is opened once (`open_cache`) for the provenance and the splits. The run records its provenance
+    (`provenance.json`, and in metrics.json); `resume` is refused on other data or with another config
+    (`provenance.check_resume`). `verify`: hash the cache's shards and the resumed checkpoint. An old run set
+    aside in `out_dir` (`replacing`) is deleted after the first epoch's checkpoint.
     """
     d = config.data
-    current = provenance.describe(Path(d.cache), config)
+    opened = open_cache(Path(d.cache), verify)
+    current = provenance.describe(opened, config)
     if resume:
         trained = provenance.recorded(out_dir)
         if trained is None:
-            print(f"warning: {out_dir} records no provenance (an older run); its cache and split are not checked")
+            log.warning(f"{out_dir} records no provenance (an older run); its cache and split are not checked")
         else:
             provenance.check_resume(out_dir, config, trained, current)
-    splits = load_splits(Path(d.cache), list(dict.fromkeys([d.train_split, d.val_split, d.test_split])), verify)
+    splits = load_splits(opened, list(dict.fromkeys([d.train_split, d.val_split, d.test_split])))
     trainer = trainer_for(config)(config, splits[d.train_split], splits[d.val_split], out_dir)
     if resume:
         trainer.resume(verify)

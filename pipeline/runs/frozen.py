@@ -55,7 +55,11 @@ class FrozenBackbones:
     @property
     def image(self):
         if self._image is None:
-            self._image = loaded(load_image_backbone, self.meta["image_model"], "image", self.device)
+            entry = self.meta["image_model"]
+            size = {"image_size": entry["image_size"]} if entry.get("image_size") else {}  # `encode --image-size`
+            self._image = loaded(
+                lambda spec, device: load_image_backbone(spec, device, **size), entry, "image", self.device
+            )
         return self._image
 
     def encode_texts(self, texts: list[str], tokens: bool = False):

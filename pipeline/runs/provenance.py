@@ -13,8 +13,9 @@ from pathlib import Path
 
 from encoding import cache
 from encoding.atomic import write_atomic
+from encoding.cache import Cache, open_cache
 from encoding.errors import BadInput
-from encoding.fingerprints import cache_fingerprint, model_identity, sha256_json, splits_fingerprint
+from encoding.fingerprints import model_identity, sha256_json, splits_fingerprint
 from encoding.runtime import library_versions
 from encoding.safe_load import CONFIG_BYTES, load_json, shown
 from pipeline.config.experiment import read_yaml_mapping
@@ -23,14 +24,15 @@ RECORD = "provenance.json"
 EXTENDABLE = ("training.num_epochs", "training.patience")  # a resumed run may change these (extending it)
 
 
-def describe(cache_dir: Path, config=None) -> dict:
-    """The provenance object of numbers computed on `cache_dir` (and its splits.json) with `config`."""
-    meta = cache.read_metadata(cache_dir)
-    has_splits = (Path(cache_dir) / cache.SPLITS).is_file()
+def describe(source: Cache | Path, config=None) -> dict:
+    """The provenance object of numbers computed on an opened cache, or on the cache in directory `source`
+    (opened unhashed), and its splits.json, with `config`."""
+    opened = open_cache(source, verify=False)
+    meta = opened.meta
     return {
-        "cache": str(Path(cache_dir).resolve()),
-        "cache_fingerprint": cache_fingerprint(meta),
-        "splits_fingerprint": splits_fingerprint(cache.read_splits(cache_dir)) if has_splits else None,
+        "cache": str(opened.dir.resolve()),
+        "cache_fingerprint": opened.fingerprint,
+        "splits_fingerprint": splits_fingerprint(opened.splits) if opened.has_splits else None,
         "dataset": meta.get("dataset"),
         "image_model": meta["image_model"],
         "text_model": meta["text_model"],

@@ -36,7 +36,7 @@ class TokenTrainer(HeadTrainer):
             )
         if loss_options.type == "blip":
             raise BadInput("config key 'loss.type': 'blip' needs momentum heads; token heads train with the others")
-        shape = token_shape(self.train.cache_dir)
+        shape = token_shape(self.train.cache or self.train.cache_dir)
         self.token_dims = [shape.image_dim, shape.text_dim]
         model, loss = build_model_and_loss(self.config, *self.token_dims)
         model.to(self.device)

@@ -92,7 +92,7 @@ def test_a_split_is_replaced_only_with_force(synthetic_cache, capsys):
         split.main([str(synthetic_cache), "--seed", "1"])
     assert (synthetic_cache / cache.SPLITS).read_bytes() == before
     assert split.main([str(synthetic_cache), "--seed", "1", "--force"]) == 0
-    assert "note: replaced the split with fingerprint" in capsys.readouterr().out
+    assert "note: replaced the split with fingerprint" in capsys.readouterr().err
 
 
 def test_unknown_split_name_lists_available(synthetic_cache):

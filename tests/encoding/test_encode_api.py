@@ -8,7 +8,7 @@ import pytest
 from encoding import cache
 from encoding.commands import encode as encode_command
 from encoding.datasets.demo import build_demo, read_demo
-from encoding.encode import EncodeRequest, default_num_workers, encode_cache
+from encoding.encode import EncodeRequest, default_num_workers, encode_cache, summary
 from encoding.errors import BadInput
 
 MINILM = "st:sentence-transformers/all-MiniLM-L6-v2"
@@ -53,12 +53,12 @@ def test_request_refuses_bad_sizes_and_reserved_options(tmp_path):
         demo_request(tmp_path, dataset_options={"limit": 3})
 
 
-def test_encode_cache_passes_dataset_options_to_the_reader_and_records_them(tmp_path, capsys):
+def test_encode_cache_passes_dataset_options_to_the_reader_and_records_them(tmp_path):
     meta = encode_cache(demo_request(tmp_path, dataset_options={"num_images": 60}))
     assert meta == cache.read_metadata(tmp_path / "cache")
     assert meta["complete"] and meta["num_images"] == 60 and meta["num_shards"] == 3
     assert meta["dataset"]["num_images"] == 60
-    assert f"{tmp_path / 'cache'}: 60 images, 300 captions, 0 skipped (complete)" in capsys.readouterr().err
+    assert summary(tmp_path / "cache", meta) == f"{tmp_path / 'cache'}: 60 images, 300 captions, 0 skipped (complete)"
     assert encode_cache(demo_request(tmp_path, dataset_options={"num_images": 60}))["shards"] == meta["shards"]
     with pytest.raises(BadInput, match=r"this cache was built with dataset\.num_images=60, not 80"):
         encode_cache(demo_request(tmp_path, dataset_options={"num_images": 80}))
