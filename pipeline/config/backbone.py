@@ -51,7 +51,7 @@ class TextTowerConfig:
 @dataclass(frozen=True)
 class FusionConfig:
     """`model.fusion`: text layers that cross-attend to the image feature map and score pairs (ALBEF's fusion
-    encoder, seed 001's "image features integrated into the text encoder"); trained with loss `itm`."""
+    encoder: image features integrated into the text encoder); trained with loss `itm`."""
 
     hidden_dim: int = 256
     num_heads: int = 4

@@ -1,7 +1,7 @@
 """Cross-encoder heads: caption tokens cross-attend to image tokens and output a match score.
 
-ALBEF's image-text matching (ITM) head (Li et al., 2021, "Align before Fuse"), seed 001's
-cross-attention over real tokens. Two parts:
+ALBEF's image-text matching (ITM) head (Li et al., 2021, "Align before Fuse"), cross-attention over real
+tokens. Two parts:
 - a dual encoder for mining and candidate generation: `encode_image(tokens (B, T, D_img), mask=None)`
   and `encode_text(tokens (B, L, D_txt), mask (B, L))` mean-pool the real tokens, then LayerNorm →
   Linear to `output_dim`, L2-normalised (trained by the `itm` loss's contrastive term);

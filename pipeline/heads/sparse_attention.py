@@ -1,6 +1,6 @@
 """Sparse-attention heads: sliding-window + global-token self-attention over an item's tokens.
 
-Longformer's attention pattern (Beltagy et al., 2020), seed 001's sparse attention over real tokens.
+Longformer's attention pattern (Beltagy et al., 2020), over real tokens.
 Tokens (B, T, D_in) are LayerNorm'd, projected to `hidden_dim` and given sinusoidal positions; `num_global`
 learned global tokens are prepended. In each of `num_layers` pre-norm layers (as in
 `token_transformer`), a token attends to the tokens at most `window` positions away on either side

@@ -1,7 +1,7 @@
 """Token-transformer heads: dense self-attention layers over an item's tokens, then pooling.
 
-A small Transformer encoder (Vaswani et al., 2017) over the cached tokens, as in seed 001's
-self-attention head but over real tokens. Tokens (B, T, D_in) are LayerNorm'd, projected to `hidden_dim` and given
+A small Transformer encoder (Vaswani et al., 2017) over the cached tokens, a self-attention head over real
+tokens. Tokens (B, T, D_in) are LayerNorm'd, projected to `hidden_dim` and given
 sinusoidal positions; `num_layers` pre-norm encoder layers (`num_heads` heads, feed-forward 4·W,
 GELU) attend over all T tokens of the item, with padded caption tokens masked out as keys; the
 outputs are mean-pooled over the real tokens (masked mean, no CLS token), then LayerNorm → Linear to

@@ -1,14 +1,13 @@
 """The cross-attention variant of two-tower mode (`model.fusion`): text layers that attend to the image map.
 
-Seed 001's "image features integrated directly into the text encoder", as ALBEF (Li et al., 2021) builds
-it: the text tower's final hidden states pass `model.fusion.num_layers` layers of self-attention →
-cross-attention to the image trunk's spatial tokens → MLP (`pipeline.heads.cross_encoder.MatchHead`),
-and give one match logit per image-caption pair. The towers' pooled projections stay a dual encoder.
-Training uses loss `itm`: ITC on the dual embeddings plus a binary match loss on the positive pairs and
-one hard negative per image and per caption, drawn from the batch's ITC similarity with a generator
-seeded per epoch (so a resumed run draws the same negatives). Validation and test re-rank each query's
-top `model.fusion.rerank_k` by the dual embeddings with the match logits (ranks beyond K unchanged).
-"""
+Image features integrated directly into the text encoder, as ALBEF (Li et al., 2021) builds it: the text
+tower's final hidden states pass `model.fusion.num_layers` layers of self-attention → cross-attention to the
+image trunk's spatial tokens → MLP (`pipeline.heads.cross_encoder.MatchHead`), and give one match logit per
+image-caption pair. The towers' pooled projections stay a dual encoder. Training uses loss `itm`: ITC on the
+dual embeddings plus a binary match loss on the positive pairs and one hard negative per image and per
+caption, drawn from the batch's ITC similarity with a generator seeded per epoch (so a resumed run draws the
+same negatives). Validation and test re-rank each query's top `model.fusion.rerank_k` by the dual embeddings
+with the match logits (ranks beyond K unchanged)."""
 
 from pathlib import Path
 

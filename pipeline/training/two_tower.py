@@ -1,12 +1,11 @@
 """Two-tower backbone training: the image encoder and a text tower trained together (`model.text`).
 
-CLIP from scratch (Radford et al., 2021), LiT (Zhai et al., 2022: `model.trainable: none` locks the
-image tower) and seed 001's ResNet + DistilBERT/Longformer pairs are configs of this one trainer. Pairs
-come from the same `EpochSampler` as every mode; the loader workers decode and augment each image and
-tokenise its caption text (`captions/text` of the cache). Validation embeds un-augmented images and
-the split's caption texts. `best.pt` holds both towers and their architectures, so `xalign encode
---image-model RUN/best.pt --text-model RUN/best.pt` rebuilds either offline.
-"""
+CLIP from scratch (Radford et al., 2021), LiT (Zhai et al., 2022: `model.trainable: none` locks the image
+tower) and ResNet + DistilBERT/Longformer pairs (Sanh et al., 2019; Beltagy et al., 2020) are configs of this
+one trainer. Pairs come from the same `EpochSampler` as every mode; the loader workers decode and augment each
+image and tokenise its caption text (`captions/text` of the cache). Validation embeds un-augmented images and
+the split's caption texts. `best.pt` holds both towers and their architectures, so `xalign encode --image-
+model RUN/best.pt --text-model RUN/best.pt` rebuilds either offline."""
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
