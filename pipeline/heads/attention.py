@@ -50,8 +50,9 @@ class TokenRefiner(nn.Module):
         return self.out(hidden + self.layers(tokens).flatten(1))
 
 
-def self_attention_stack(width: int, num_heads: int, num_layers: int, dropout: float) -> nn.Module:
-    layer = nn.TransformerEncoderLayer(
+def pre_norm_layer(kind: type[nn.Module], width: int, num_heads: int, dropout: float) -> nn.Module:
+    """A pre-norm Transformer layer of `kind` (encoder or decoder layer): feed-forward 4·width, GELU, batch first."""
+    return kind(
         width,
         num_heads,
         dim_feedforward=4 * width,
@@ -60,6 +61,10 @@ def self_attention_stack(width: int, num_heads: int, num_layers: int, dropout: f
         batch_first=True,
         norm_first=True,
     )
+
+
+def self_attention_stack(width: int, num_heads: int, num_layers: int, dropout: float) -> nn.Module:
+    layer = pre_norm_layer(nn.TransformerEncoderLayer, width, num_heads, dropout)
     return nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from pipeline.heads import HEADS
+from pipeline.heads.attention import pre_norm_layer
 from pipeline.heads.token_pair import (
     TokenEmbedding,
     TokenHeadOptions,
@@ -58,15 +59,7 @@ class MatchHead(nn.Module):
         super().__init__()
         self.embed_image_tokens = nn.Sequential(TokenEmbedding(image_dim, hidden_dim), nn.LayerNorm(hidden_dim))
         self.embed_text_tokens = TokenEmbedding(text_dim, hidden_dim)
-        layer = nn.TransformerDecoderLayer(
-            hidden_dim,
-            num_heads,
-            dim_feedforward=4 * hidden_dim,
-            dropout=dropout,
-            activation="gelu",
-            batch_first=True,
-            norm_first=True,
-        )
+        layer = pre_norm_layer(nn.TransformerDecoderLayer, hidden_dim, num_heads, dropout)
         self.fusion = nn.TransformerDecoder(layer, num_layers)
         self.score = output_layer(hidden_dim, 1)
 

@@ -58,23 +58,25 @@ def recorded(run_dir: Path) -> dict | None:
 
 def check_same_cache(run_dir: Path, trained: dict, current: dict, way_out: str) -> None:
     """Refuse numbers on a cache whose contents differ from the ones the run was trained on."""
-    if trained["cache_fingerprint"] != current["cache_fingerprint"]:
-        raise BadInput(
-            f"{Path(run_dir) / RECORD}: the run was trained on cache {trained.get('cache')} with fingerprint "
-            f"{trained['cache_fingerprint'][:12]}; {current['cache']} now has {current['cache_fingerprint'][:12]} "
-            f"(re-encoded or changed); {way_out}"
-        )
+    what = f"cache {trained.get('cache')} with fingerprint"
+    check_same(
+        run_dir, trained, current, "cache_fingerprint", what, current["cache"], f"(re-encoded or changed); {way_out}"
+    )
 
 
 def check_same_split(run_dir: Path, trained: dict, current: dict, way_out: str) -> None:
     """Refuse numbers on a split other than the one the run was trained on."""
-    if trained["splits_fingerprint"] != current["splits_fingerprint"]:
-        raise BadInput(
-            f"{Path(run_dir) / RECORD}: the run was trained on the split with fingerprint "
-            f"{str(trained['splits_fingerprint'])[:12]}; {current['cache']}/{cache.SPLITS} now has "
-            f"{str(current['splits_fingerprint'])[:12]} (re-split with --force): its test images may have been "
-            f"training images; {way_out}"
-        )
+    why = f"(re-split with --force): its test images may have been training images; {way_out}"
+    where = f"{current['cache']}/{cache.SPLITS}"
+    check_same(run_dir, trained, current, "splits_fingerprint", "the split with fingerprint", where, why)
+
+
+def check_same(run_dir: Path, trained: dict, current: dict, key: str, what: str, where: str, why: str) -> None:
+    """BadInput when the fingerprint `key` differs: `RUN/provenance.json: the run was trained on WHAT <old>; WHERE
+    now has <new> WHY`."""
+    if trained[key] != current[key]:
+        old, new = str(trained[key])[:12], str(current[key])[:12]
+        raise BadInput(f"{Path(run_dir) / RECORD}: the run was trained on {what} {old}; {where} now has {new} {why}")
 
 
 def check_same_backbones(run_dir: Path, trained: dict, current: dict) -> None:
