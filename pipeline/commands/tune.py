@@ -7,8 +7,9 @@ trial the dead process left RUNNING is failed by its heartbeat and retried. `--w
 processes on the study; more machines can join with the same `--storage`. `--set` overrides the base
 experiment config (e.g. `data.cache=...`), a head config or a backbone config. Writes
 `results/optuna/<study>/`: best_config.yaml (run it with `xalign train`, or `xalign backbone-train` for
-a backbone base config), trials.csv, optimization_history.png, param_importances.png, summary.json.
-Prints a line per finished trial; a worker process that dies is replaced. Exits 1 when no trial completed
+a backbone base config), trials.csv, optimization_history.png, param_importances.png, summary.json, and
+sweep.log (the traceback of each trial a code error failed). Reports a line per finished trial on stderr (a
+failed trial's error in one line); a worker process that dies is replaced. Exits 1 when no trial completed
 (naming the first failed or pruned trial's reason), or when workers died before the study was done.
 """
 

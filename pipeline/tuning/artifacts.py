@@ -1,15 +1,21 @@
 """What a sweep leaves in `results/optuna/<study>/`: `best_config.yaml` (runnable by `xalign train`),
-`trials.csv`, `optimization_history.png`, `param_importances.png` and `summary.json`.
+`trials.csv`, `optimization_history.png`, `param_importances.png`, `summary.json`, and `sweep.log`, the
+traceback of each trial that failed on an unexpected exception.
 
 The best config and the CSV are rewritten whenever a trial improves on the best (the plots at most
 every five minutes, as drawing them costs about a second); everything is written again at the end.
-Files are replaced atomically, so concurrent workers never leave a torn file.
+Files are replaced atomically, so concurrent workers never leave a torn file; each failure is appended to
+the log in one write, so concurrent workers never interleave theirs.
 """
 
 import csv
+import datetime
 import io
 import json
+import os
+import socket
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -27,6 +33,7 @@ from pipeline.tuning.settings import TuneSettings  # noqa: E402
 from pipeline.tuning.storage import artifacts_dir  # noqa: E402
 
 PLOT_INTERVAL_S = 300
+SWEEP_LOG = "sweep.log"
 ATTR_COLUMNS = ("best_epoch", "epochs_run", "worker", "pruned_because", "failed_because", "applied_options", "surplus")
 
 
@@ -107,6 +114,25 @@ def write_summary(settings: TuneSettings, summary: dict) -> Path:
     path = artifacts_dir(settings.study_name) / "summary.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(summary, indent=2, default=str))
+    return path
+
+
+def sweep_log(study_name: str) -> Path:
+    return artifacts_dir(study_name) / SWEEP_LOG
+
+
+def log_failure(study_name: str, number: int, err: BaseException) -> Path:
+    """Append trial `number`'s failure (time, worker, traceback of `err`) to the study's sweep.log; returns its path."""
+    path = sweep_log(study_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now().isoformat(sep=" ", timespec="seconds")
+    header = f"{stamp} trial {number} failed (worker {socket.gethostname()}:{os.getpid()})\n"
+    text = header + "".join(traceback.format_exception(err)) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
     return path
 
 

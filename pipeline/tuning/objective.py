@@ -9,6 +9,7 @@ region, and the sweep goes on. Any other exception is a fault, not a property of
 ends as FAIL with the error in its `failed_because` user attr (`TrialError`), and the sweep goes on.
 `applied_options` records the head/loss keys the trial applied."""
 
+import logging
 import os
 import socket
 import time
@@ -19,11 +20,13 @@ import optuna
 import torch
 
 from encoding import cache
+from encoding.cache import Cache, open_cache
 from encoding.errors import BadInput
 from pipeline.data.split_tensors import load_splits
 from pipeline.tuning.algorithms import METRICS
 from pipeline.tuning.settings import TuneSettings
 
+log = logging.getLogger(f"xalign.{__name__}")
 FAILED_BECAUSE = "failed_because"
 PRUNABLE = (BadInput, torch.OutOfMemoryError)  # the sampled values' doing: the trial is pruned
 
@@ -32,14 +35,13 @@ class TrialError(Exception):
     """A trial raised an unexpected exception: the trial fails with it recorded, the sweep goes on."""
 
 
-def resolve_train_split(cache_dir: Path, wanted: str, fallback: str) -> str:
-    """`wanted` (the tuning subset) when splits.json has it non-empty, else `fallback` (with a notice)."""
-    splits = cache.read_splits(cache_dir)
-    if splits.get(wanted):
+def resolve_train_split(opened: Cache, wanted: str, fallback: str) -> str:
+    """`wanted` (the tuning subset) when the cache's splits.json has it non-empty, else `fallback` (with a notice)."""
+    if opened.splits.get(wanted):
         return wanted
-    print(
-        f"note: {Path(cache_dir) / cache.SPLITS} has no '{wanted}' images; trials train on '{fallback}' "
-        f"(`xalign split {cache_dir} --tuning N` makes a smaller, faster tuning subset)"
+    log.info(
+        f"note: {opened.dir / cache.SPLITS} has no '{wanted}' images; trials train on '{fallback}' "
+        f"(`xalign split {opened.dir} --tuning N` makes a smaller, faster tuning subset)"
     )
     return fallback
 
@@ -56,8 +58,9 @@ class Objective:
         self.metric = METRICS.get(settings.metric, key="metric")
         base, _ = settings.experiment({})
         data, start = base.data, time.perf_counter()
-        self.train_split = resolve_train_split(Path(data.cache), settings.train_split, data.train_split)
-        splits = load_splits(Path(data.cache), list(dict.fromkeys([self.train_split, data.val_split])))
+        opened = open_cache(Path(data.cache))  # read once per worker process: metadata, shard hashes, splits
+        self.train_split = resolve_train_split(opened, settings.train_split, data.train_split)
+        splits = load_splits(opened, list(dict.fromkeys([self.train_split, data.val_split])))
         self.train, self.val = splits[self.train_split], splits[data.val_split]
         self.splits = (self.train, self.val)
         settings.trainer(base)(base, *self.splits)  # torch's one-off lazy initialisation

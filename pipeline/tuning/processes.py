@@ -5,9 +5,11 @@ forever. Here each worker is a `Process` the parent polls. A worker that dies wi
 announced; the trial it was training goes stale and the workers still running fail it by its heartbeat
 and retry it. While the study still needs trials (and time is left) a replacement starts, up to `workers`
 deaths in a row with no trial finished in between, so a worker that cannot start is not restarted forever.
-Meanwhile the parent prints a line per finished trial (`Progress`).
+Meanwhile the parent logs a line per finished trial (`Progress`). A spawned worker inherits no logging
+handler: it sends its `xalign` records to stderr itself, at the parent's level (`pipeline.logs`).
 """
 
+import logging
 import multiprocessing
 import os
 import queue
@@ -18,17 +20,22 @@ import traceback
 import optuna
 
 from encoding.errors import BadInput
+from pipeline.logs import ROOT, configure_logging
 from pipeline.tuning.algorithms import build_sampler
 from pipeline.tuning.progress import Progress
 from pipeline.tuning.settings import TuneSettings
 from pipeline.tuning.worker import count_finished, run_worker, study_done
 
+log = logging.getLogger(f"xalign.{__name__}")
 POLL_S = 1.0
 REPORT_WAIT_S = 10.0  # how long a worker that exited cleanly may take to deliver its report
 
 
-def work(reports, index: int, args: tuple) -> None:
-    """Process target: `run_worker(*args)`; reports (index, stats, None) or (index, None, (bad_input, message))."""
+def work(reports, index: int, args: tuple, level: int) -> None:
+    """Process target: `run_worker(*args)`, logging to stderr at `level`; reports (index, stats, None) or
+    (index, None, (bad_input, message))."""
+    configure_logging()
+    logging.getLogger(ROOT).setLevel(level)
     try:
         reports.put((index, run_worker(*args), None))
     except BadInput as err:
@@ -51,6 +58,7 @@ class Workers:
         self.settings, self.url, self.n_trials, self.workers = settings, url, n_trials, workers
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.threads = max(1, (os.cpu_count() or 1) // workers)
+        self.level = logging.getLogger(ROOT).getEffectiveLevel()
         self.context = multiprocessing.get_context("spawn")
         self.reports = self.context.Queue()
         self.running: dict[int, multiprocessing.Process] = {}
@@ -61,7 +69,9 @@ class Workers:
         """Start worker number `started` (its index also seeds its sampler) with the time left."""
         index, left = self.started, None if self.deadline is None else self.deadline - time.monotonic()
         args = (self.settings, self.url, self.n_trials, left, index, self.threads)
-        process = self.context.Process(target=work, args=(self.reports, index, args), name=f"xalign-tune-{index}")
+        process = self.context.Process(
+            target=work, args=(self.reports, index, args, self.level), name=f"xalign-tune-{index}"
+        )
         process.start()
         self.running[index], self.started = process, self.started + 1
         return index
@@ -116,10 +126,9 @@ class Workers:
     def replace(self, index: int, process, study: optuna.Study, sampler) -> None:
         """Announce a dead worker and start another while the study needs trials and time is left."""
         self.lost += 1
-        print(
+        log.warning(
             f"worker {index} (pid {process.pid}) died ({exit_reason(process.exitcode)}); its trial is failed "
-            f"after the {self.settings.grace_period}s heartbeat grace period and retried",
-            flush=True,
+            f"after the {self.settings.grace_period}s heartbeat grace period and retried"
         )
         finished = count_finished(study)
         self.deaths_in_a_row = 1 if finished > self.finished_at_death else self.deaths_in_a_row + 1
@@ -127,11 +136,11 @@ class Workers:
         if study_done(study, self.n_trials, sampler):
             return
         if self.deadline is not None and time.monotonic() >= self.deadline:
-            print("not replacing it: the timeout has passed", flush=True)
+            log.warning("not replacing it: the timeout has passed")
         elif self.deaths_in_a_row > self.workers:
-            print(f"not replacing it: {self.deaths_in_a_row} workers died with no trial finished between", flush=True)
+            log.warning(f"not replacing it: {self.deaths_in_a_row} workers died with no trial finished between")
         else:
-            print(f"started a replacement: worker {self.start()}", flush=True)
+            log.info(f"started a replacement: worker {self.start()}")
 
     def stop(self) -> None:
         """Terminate the workers still running (the parent was interrupted or failed)."""

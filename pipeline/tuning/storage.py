@@ -4,7 +4,10 @@ for several machines).
 Every storage has a heartbeat, so a trial left RUNNING by a killed process is failed after
 `grace_period` seconds and re-queued by `RetryFailedTrialCallback`. SQLite is opened in WAL mode
 with a long busy timeout and `synchronous=NORMAL`, so several worker processes share one file
-without "database is locked" errors and each per-epoch report costs about a millisecond.
+without "database is locked" errors and each per-epoch report costs about a millisecond. Every SQLite
+transaction takes the write lock when it begins (`BEGIN IMMEDIATE`): SQLite ignores `SELECT ... FOR UPDATE`,
+so Optuna's read-then-update of a trial's state would otherwise let two workers pop the same enqueued or
+retried trial and both run it.
 (Optuna's JournalStorage has no heartbeat, so a killed trial would stay RUNNING forever.)
 
 A storage that cannot be used (an unknown scheme, a missing driver, an unreachable server, a path that
@@ -54,6 +57,7 @@ def open_storage(url: str, settings: TuneSettings) -> RDBStorage:
     storage = _connect(url, engine_kwargs, settings)
     if is_sqlite:
         event.listen(storage.engine, "connect", _sqlite_pragmas)
+        event.listen(storage.engine, "begin", _begin_immediate)
         storage.engine.dispose()  # connections opened from now on get the pragmas
     return storage
 
@@ -106,9 +110,14 @@ def _prepare_sqlite_file(url: str, database: str | None) -> None:
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    dbapi_connection.isolation_level = None  # the driver begins no transaction of its own: `_begin_immediate` does
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _begin_immediate(connection) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def create_study(url: str, settings: TuneSettings, pruner=None) -> optuna.Study:

@@ -2,6 +2,7 @@
 with the per-trial overhead and, when the sweep did not succeed, the `problem` (no trial completed, or
 workers died before the study was done)."""
 
+import logging
 import time
 from pathlib import Path
 
@@ -18,13 +19,15 @@ from pipeline.tuning.settings import TuneSettings
 from pipeline.tuning.storage import create_study, safe_url
 from pipeline.tuning.worker import count_finished, run_worker
 
+log = logging.getLogger(f"xalign.{__name__}")
+
 
 def run_sweep(settings: TuneSettings, url: str, n_trials: int, timeout: float | None, workers: int) -> dict:
     """Run `workers` workers on the study until it holds `n_trials` finished trials, then write the artifacts.
     Returns the summary written to summary.json, plus that file's path under `summary_path`."""
     study = create_study(url, settings)  # schema and study exist before any worker starts
     bind_study(study, settings, url)
-    print(f"study '{settings.study_name}' ({safe_url(url)}): {count_finished(study)} of {n_trials} trials finished")
+    log.info(f"study '{settings.study_name}' ({safe_url(url)}): {count_finished(study)} of {n_trials} trials finished")
     start, progress = time.perf_counter(), Progress(settings, study)
     if workers == 1:
         stats, lost = [run_worker(settings, url, n_trials, timeout, callbacks=(progress,))], 0

@@ -4,6 +4,8 @@ Finished means COMPLETE or PRUNED, or FAILed with the objective's error recorded
 that would recur, so it is not retried), counted in the storage, so a rerun after a crash continues where
 the study stands, and any number of workers (processes or machines) share the count. A trial whose
 worker died is failed by the heartbeat with no error recorded: it does not count, its retry runs instead.
+A trial that fails on an unexpected exception has its traceback appended to the study's sweep.log; optuna's
+own per-trial log lines are silenced while trials run (the sweep reports each trial in one line: `Progress`).
 A worker starts a trial only while finished + running < n_trials; when the running ones belong to others it
 waits, failing stale trials (heartbeat) so their retries are picked up. Two workers racing for the
 last slot are settled by trial number: the later one is failed as surplus before it trains.
@@ -12,6 +14,7 @@ study already holds (`algorithms.sampler_seed`), so a rerun draws new parameter 
 replaying the earlier ones.
 """
 
+import contextlib
 import datetime
 import time
 import warnings
@@ -22,7 +25,7 @@ import torch
 from optuna.trial import TrialState
 
 from pipeline.tuning.algorithms import build_pruner, build_sampler
-from pipeline.tuning.artifacts import ImprovementWriter
+from pipeline.tuning.artifacts import ImprovementWriter, log_failure
 from pipeline.tuning.objective import FAILED_BECAUSE, Objective, TrialError
 from pipeline.tuning.settings import TuneSettings
 from pipeline.tuning.storage import create_study
@@ -83,6 +86,17 @@ def fail_orphaned_trials(study: optuna.Study, grace_period: int) -> None:
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
 
 
+@contextlib.contextmanager
+def optuna_quiet():
+    """Optuna's logging at ERROR while inside: its per-trial lines (a failure's traceback included) are off."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
 def run_worker(
     settings: TuneSettings,
     url: str,
@@ -112,7 +126,11 @@ def run_worker(
         if claims_before(study, trial.number) >= n_trials:
             trial.set_user_attr("surplus", True)
             raise SurplusTrial(f"trial {trial.number}: the study already has {n_trials} trials")
-        return objective(trial)
+        try:
+            return objective(trial)
+        except TrialError as err:
+            log_failure(settings.study_name, trial.number, err.__cause__ or err)
+            raise
 
     while deadline is None or time.monotonic() < deadline:
         trials = study.get_trials(deepcopy=False)
@@ -127,7 +145,8 @@ def run_worker(
             fail_orphaned_trials(study, settings.grace_period)
             continue
         start, epochs_before = time.perf_counter(), objective.epoch_seconds
-        study.optimize(guarded, n_trials=1, callbacks=callbacks, catch=(SurplusTrial, TrialError))
+        with optuna_quiet():
+            study.optimize(guarded, n_trials=1, callbacks=callbacks, catch=(SurplusTrial, TrialError))
         stats.trial_seconds.append(time.perf_counter() - start)
         stats.epoch_seconds.append(objective.epoch_seconds - epochs_before)
     return stats.to_dict()

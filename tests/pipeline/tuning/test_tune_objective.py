@@ -1,5 +1,7 @@
 """The objective against a direct training run (FixedTrial), and a NaN loss ending a trial as pruned."""
 
+import logging
+
 import optuna
 import pytest
 from tune_support import write_optuna_config
@@ -49,11 +51,13 @@ def test_non_finite_loss_prunes_the_trial(synthetic_cache, tmp_path):
     assert "training loss is nan" in trial.user_attrs["pruned_because"]
 
 
-def test_missing_tuning_subset_falls_back_to_train(synthetic_cache, tmp_path, capsys):
+def test_missing_tuning_subset_falls_back_to_train(synthetic_cache, tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="xalign")
+    monkeypatch.setattr(logging.getLogger("xalign"), "propagate", True)  # off once a command configured logging
     path = write_optuna_config(tmp_path / "tune.yaml", synthetic_cache, train_split="nonexistent")
     objective = Objective(load_settings(path))
     assert objective.train_split == "train" and len(objective.train.image) == 40
-    assert "has no 'nonexistent' images; trials train on 'train'" in capsys.readouterr().out
+    assert any("has no 'nonexistent' images; trials train on 'train'" in message for message in caplog.messages)
 
 
 def test_a_combination_the_head_refuses_prunes_the_trial(synthetic_cache, tmp_path):

@@ -43,26 +43,25 @@ def test_a_killed_worker_is_replaced_and_the_sweep_ends(synthetic_cache, tmp_pat
     )
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "pipeline.cli", "tune", str(config), "--workers", "2"]
-    process = subprocess.Popen(
-        command, cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.PIPE, text=True
-    )
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True, text=True, **pipes)
     try:
         victim = _running_worker_pid(process, tmp_path)
         assert victim != process.pid
         os.kill(victim, signal.SIGKILL)
-        out, _ = process.communicate(timeout=240)
+        out, err = process.communicate(timeout=240)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-    assert process.returncode == 0, out
+    assert process.returncode == 0, out + err
     trials = study_trials(tmp_path)
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 6
     killed = [t for t in trials if t.user_attrs.get("worker", "").endswith(f":{victim}") and t.state == TrialState.FAIL]
     assert len(killed) == 1  # failed by its heartbeat, then retried
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed[0].number]
     assert len(retries) == 1 and retries[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
-    assert f"pid {victim}" in out and "started a replacement" in out
-    lines = [line.split(" ", 3) for line in out.splitlines() if line.startswith("trial ")]  # printed by the parent
+    assert f"pid {victim}" in err and "started a replacement" in err
+    lines = [line.split(" ", 3) for line in err.splitlines() if line.startswith("trial ")]  # logged by the parent
     assert sum(state in ("COMPLETE", "PRUNED") for _, _, state, _ in lines) == 6
     killed_line = ["trial", str(killed[0].number), "FAIL"]
     assert any(line[:3] == killed_line and "its worker stopped sending heartbeats" in line[3] for line in lines)
@@ -131,7 +130,8 @@ def test_a_code_error_fails_its_trial_and_a_sweep_without_a_completed_trial_exit
     assert cli.main(["tune", str(config), "--n-trials", "2"]) == 1
     captured = capsys.readouterr()
     assert "error: no trial of study 'tiny_study' completed; trial 0 FAIL: RuntimeError: injected fault" in captured.err
-    assert "trial 1 FAIL (RuntimeError: injected fault) (no trial completed yet)" in captured.out
+    log = "results/optuna/tiny_study/sweep.log"
+    assert f"trial 1 FAIL (RuntimeError: injected fault; traceback in {log}) (no trial completed yet)" in captured.err
     trials = study_trials(tmp_path)
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]  # not pruned, and not retried
     rows = list(csv.DictReader((_study_dir(tmp_path) / "trials.csv").open()))
@@ -152,11 +152,11 @@ def test_a_sweep_whose_every_trial_was_pruned_exits_1(synthetic_cache, tmp_path,
 
 
 @pytest.mark.slow
-def test_each_finished_trial_prints_a_progress_line(synthetic_cache, tmp_path, monkeypatch, capsys):
+def test_each_finished_trial_logs_a_progress_line(synthetic_cache, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     config = write_optuna_config(tmp_path / "tune.yaml", synthetic_cache, n_trials=2, training={"num_epochs": 2})
     assert cli.main(["tune", str(config)]) == 0
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("trial ")]
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("trial ")]
     assert [line.split()[:3] for line in lines] == [["trial", "0", "COMPLETE"], ["trial", "1", "COMPLETE"]]
     best = optuna.load_study(study_name="tiny_study", storage=default_url("tiny_study")).best_trial
     assert re.fullmatch(r"trial 1 COMPLETE rsum=\d+\.\d\d \(best \d+\.\d\d, trial \d\)", lines[1])

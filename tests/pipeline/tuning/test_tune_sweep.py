@@ -95,7 +95,7 @@ def test_best_config_trains_with_xalign_train(sweep, sweep_dir):
 def test_rerun_of_a_finished_study_runs_nothing(sweep, sweep_dir, capsys):
     tmp_path = sweep_dir[0]
     assert cli.main(["tune", str(tmp_path / "tune.yaml")]) == 0
-    assert "4 of 4 trials finished" in capsys.readouterr().out
+    assert "4 of 4 trials finished" in capsys.readouterr().err
     assert len(optuna.load_study(study_name="tiny_study", storage=default_url("tiny_study")).trials) == 4
 
 

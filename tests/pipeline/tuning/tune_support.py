@@ -6,7 +6,9 @@ import optuna
 import sqlalchemy
 import yaml
 
-from pipeline.tuning.storage import default_url
+from pipeline.training.pooled_heads import HeadTrainer
+from pipeline.tuning import processes
+from pipeline.tuning.storage import create_study, default_url
 
 
 def base_config(cache: Path, **training) -> dict:
@@ -59,3 +61,31 @@ def study_trials(cwd: Path, study: str = "tiny_study") -> list[optuna.trial.Froz
         return optuna.load_study(study_name=study, storage=url).get_trials()
     except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # the sweep is still creating the tables or the study
         return []
+
+
+def bug_on_hidden_dim_16(run):
+    """`HeadTrainer.run` that raises RuntimeError("bug") for a model of hidden_dim 16, else is `run`."""
+
+    def buggy(self, on_epoch_end=None):
+        if self.config.model.hidden_dim == 16:
+            raise RuntimeError("bug")
+        return run(self, on_epoch_end)
+
+    return buggy
+
+
+def work_with_a_bug(*args) -> None:
+    """`processes.work(*args)` in a spawned worker whose trials with hidden_dim 16 raise RuntimeError("bug")."""
+    HeadTrainer.run = bug_on_hidden_dim_16(HeadTrainer.run)
+    processes.work(*args)
+
+
+def ask_and_tell(settings, url: str, count: int, numbers) -> None:
+    """Process target: pop `count` trials of the study at `url` (`ask`), finish each, put their numbers on `numbers`."""
+    study = create_study(url, settings)
+    asked = []
+    for _ in range(count):
+        trial = study.ask()
+        study.tell(trial, 1.0)
+        asked.append(trial.number)
+    numbers.put(asked)
