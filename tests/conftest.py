@@ -33,6 +33,48 @@ def xalign_logging():
     logger.removeHandler(forward)
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread in every test: tiny models gain nothing from more, and on a busy 2-core machine thread
+    barriers stall them (a loop of small draws ran 30x slower with 2). `all_torch_threads` undoes it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield threads
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def all_torch_threads(one_torch_thread):
+    """torch's own thread count, for a test that runs real models on many images (the demo: 1.6x faster)."""
+    import torch
+
+    torch.set_num_threads(one_torch_thread)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "rendered_figures: draw figures for real (see `unrendered_figures`)")
+
+
+@pytest.fixture(autouse=True)
+def unrendered_figures(request, monkeypatch):
+    """Figures are built (data, projections, axes, artists) but not drawn: `Figure.savefig` writes a blank PNG of
+    the figure's pixel size and `tight_layout` does nothing. Drawing took 2-3 s of every run's report, a quarter
+    of the suite. Tests marked `rendered_figures` draw for real: the figure tests, the smoke run, the demo."""
+    if request.node.get_closest_marker("rendered_figures"):
+        return
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    def blank_png(fig, fname, *, dpi=None, format=None, **_):
+        width, height = fig.get_size_inches() * (fig.dpi if dpi in (None, "figure") else dpi)
+        Image.new("RGB", (round(width), round(height)), "white").save(fname, format=format or "png")
+
+    monkeypatch.setattr(Figure, "savefig", blank_png)
+    monkeypatch.setattr(Figure, "tight_layout", lambda fig, *args, **kwargs: None)
+
+
 def write_synthetic_cache(
     cache_dir: Path,
     num_images: int = 60,

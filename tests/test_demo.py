@@ -11,6 +11,8 @@ from pipeline.evaluation.metrics import chance_recall
 
 
 @pytest.mark.slow
+@pytest.mark.rendered_figures
+@pytest.mark.usefixtures("all_torch_threads")
 def test_demo_beats_chance_fivefold_and_seeds_group_in_compare(tmp_path, capsys, monkeypatch):
     assert cli.main(["demo", "--out", str(tmp_path)]) == 0
     out, err = capsys.readouterr()

@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from pipeline import cli
 
 
+@pytest.mark.rendered_figures
 def test_train_and_evaluate_through_cli(demo_cache, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = tmp_path / "run.yaml"

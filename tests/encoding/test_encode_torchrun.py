@@ -6,8 +6,9 @@ import subprocess
 import sys
 
 import pytest
-from test_encode_resume import _command
 from test_encode_runs import argv, assert_same_cache, folder_dataset
+
+from encoding.commands import encode
 
 
 def _free_port() -> int:
@@ -21,7 +22,7 @@ def two_ranks_and_one_process(tmp_path, *extra) -> None:
     dataset = folder_dataset(tmp_path / "data", 10, corrupt=True)
     reference, out = tmp_path / "single", tmp_path / "ranks"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(_command(*argv(*dataset, reference, *extra)), env=env, check=True, capture_output=True)
+    assert encode.main(argv(*dataset, reference, *extra)) == 0  # in this process, one thread like each rank
     command = [
         sys.executable,
         "-m",

@@ -13,6 +13,8 @@ from pipeline.config.experiment import load_config
 from pipeline.reporting import plots, report
 from pipeline.runs.directory import train_run
 
+pytestmark = pytest.mark.rendered_figures
+
 
 def png_size(path) -> tuple[int, int]:
     with Image.open(path) as image:

@@ -1,6 +1,7 @@
 """torchrun with 2 CPU processes (gloo): one step equals the single-process step on the same global batch."""
 
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +23,10 @@ def _run(prefix: list[str], cache: Path, out: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_two_ranks_step_like_one_process_on_the_global_batch(synthetic_cache, tmp_path):
-    single = _run([sys.executable], synthetic_cache, tmp_path / "single.pt")
+def test_two_ranks_step_like_one_process_on_the_global_batch(synthetic_cache, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [str(WORKER), str(synthetic_cache), str(tmp_path / "single.pt")])
+    runpy.run_path(str(WORKER))  # the single process: this one (one thread, like each rank)
+    single = torch.load(tmp_path / "single.pt", weights_only=False)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
     ranks = _run(torchrun, synthetic_cache, tmp_path / "ddp.pt")
     assert single["world"] == 1 and ranks["world"] == 2

@@ -1,20 +1,10 @@
-"""Tiny backbone-training configs written to temporary YAML files, and a one-thread fixture for tiny models."""
+"""Tiny backbone-training configs written to temporary YAML files."""
 
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine thread barriers stall them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 TINY_VIT = {
     "library": "timm",

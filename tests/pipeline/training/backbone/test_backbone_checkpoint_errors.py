@@ -5,7 +5,7 @@ by the loader. The checkpoints are written without training (no image is decoded
 from pathlib import Path
 
 import pytest
-from backbone_configs import TINY_VIT, one_torch_thread, write_config  # noqa: F401 (autouse fixture)
+from backbone_configs import TINY_VIT, write_config
 
 from pipeline import cli
 from pipeline.config.backbone import from_dict

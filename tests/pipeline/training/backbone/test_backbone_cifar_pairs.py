@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from backbone_configs import TINY_RESNET, TINY_VIT, one_torch_thread, write_config  # noqa: F401 (autouse fixture)
+from backbone_configs import TINY_RESNET, TINY_VIT, write_config
 
 from encoding import cache
 from encoding.commands import encode, split

@@ -4,7 +4,7 @@ seeded augmentation, and the checkpoint backbone's refusals."""
 import numpy as np
 import pytest
 import torch
-from backbone_configs import TINY_VIT, one_torch_thread  # noqa: F401 (autouse fixture)
+from backbone_configs import TINY_VIT
 from PIL import Image
 
 from encoding.backbones import load_image_backbone

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from backbone_configs import TINY_RESNET, TINY_VIT, one_torch_thread, straight_and_resumed, write_config  # noqa: F401 (autouse fixture)
+from backbone_configs import TINY_RESNET, TINY_VIT, straight_and_resumed, write_config
 
 from encoding import cache
 from encoding.backbones.image_encoder import build_image_encoder, eval_transform

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from backbone_configs import TINY_VIT, one_torch_thread, straight_and_resumed, write_config  # noqa: F401 (autouse fixture)
+from backbone_configs import TINY_VIT, straight_and_resumed, write_config
 from text_towers import SCRATCH, hf_text, tiny_distilbert, tiny_longformer
 
 from encoding import cache
@@ -45,22 +45,40 @@ def run_dir(tmp_path, name="tiny"):
     return tmp_path / "results" / name
 
 
-@pytest.mark.parametrize("tower", ["scratch", "distilbert", "distilbert-mean", "longformer"])
-def test_one_epoch_of_each_text_library(demo_cache, tmp_path, monkeypatch, request, tower):
-    text = {
-        "scratch": lambda: SCRATCH,
-        "distilbert": lambda: hf_text(request.getfixturevalue("distilbert"), pretrained=False),
-        "distilbert-mean": lambda: hf_text(request.getfixturevalue("distilbert"), pooling="mean"),
-        "longformer": lambda: hf_text(request.getfixturevalue("longformer"), attention="sparse"),
-    }[tower]()
-    monkeypatch.chdir(tmp_path)
-    config = write_config(tmp_path / "c.yaml", demo_cache, two_tower(text))
-    assert backbone_train.main([str(config)]) == 0
-    metrics = json.loads((run_dir(tmp_path) / "metrics.json").read_text())
+TEXT_TOWERS = {  # the `model.text` of each tower, given the tiny towers' folders
+    "scratch": lambda folders: SCRATCH,
+    "distilbert": lambda folders: hf_text(folders["distilbert"], pretrained=False),
+    "distilbert-mean": lambda folders: hf_text(folders["distilbert"], pooling="mean"),
+    "longformer": lambda folders: hf_text(folders["longformer"], attention="sparse"),
+}
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(demo_cache, distilbert, longformer, tmp_path_factory):
+    """`one_epoch_run(tower)`: (run directory, model.text) of a one-epoch two-tower run with a `TEXT_TOWERS`
+    tower, trained once per module for the tests that only read it."""
+    folders, runs = {"distilbert": distilbert, "longformer": longformer}, {}
+
+    def run(tower: str) -> tuple[Path, dict]:
+        if tower not in runs:
+            root, text = tmp_path_factory.mktemp(tower), TEXT_TOWERS[tower](folders)
+            with pytest.MonkeyPatch.context() as patch:
+                patch.chdir(root)
+                assert backbone_train.main([str(write_config(root / "c.yaml", demo_cache, two_tower(text)))]) == 0
+            runs[tower] = run_dir(root), text
+        return runs[tower]
+
+    return run
+
+
+@pytest.mark.parametrize("tower", list(TEXT_TOWERS))
+def test_one_epoch_of_each_text_library(one_epoch_run, tower):
+    run, text = one_epoch_run(tower)
+    metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["num_images"] == 12 and metrics["num_captions"] == 60 and metrics["rsum"] > 0
-    best = torch.load(run_dir(tmp_path) / "best.pt", weights_only=True)
+    best = torch.load(run / "best.pt", weights_only=True)
     assert best["text_architecture"]["library"] == text["library"] and best["architecture"]["output_dim"] == 16
-    info = json.loads((run_dir(tmp_path) / "run_info.json").read_text())
+    info = json.loads((run / "run_info.json").read_text())
     assert info["inference_ms_per_1000_queries"] > 0
 
 
@@ -100,13 +118,13 @@ def test_lit_locks_the_image_tower_and_last_n_locks_early_text_layers(demo_cache
 
 
 @pytest.mark.parametrize("tower", ["scratch", "distilbert"])
-def test_encode_both_towers_from_the_checkpoint_closes_the_loop(demo_cache, tmp_path, monkeypatch, request, tower):
+def test_encode_both_towers_from_the_checkpoint_closes_the_loop(
+    demo_cache, tmp_path, monkeypatch, one_epoch_run, tower
+):
     """A cache encoded with the run's two towers retrieves as the run did on its test split (to 0.1 rsum)."""
-    text = SCRATCH if tower == "scratch" else hf_text(request.getfixturevalue("distilbert"), pretrained=False)
+    run_path, _ = one_epoch_run(tower)
     monkeypatch.chdir(tmp_path)
-    config = write_config(tmp_path / "c.yaml", demo_cache, two_tower(text), num_epochs=2)
-    assert backbone_train.main([str(config)]) == 0
-    checkpoint = run_dir(tmp_path) / "best.pt"
+    checkpoint = run_path / "best.pt"
     root = cache.read_metadata(demo_cache)["dataset"]["root"]
     out = tmp_path / "encoded"
     argv = ["encode", "--dataset", "demo", "--root", root, "--out", str(out), "--num-workers", "0"]
@@ -116,7 +134,7 @@ def test_encode_both_towers_from_the_checkpoint_closes_the_loop(demo_cache, tmp_
     assert split.main([str(out), "--val", "12", "--test", "12", "--tuning", "20", "--seed", "0"]) == 0
     assert cache.read_splits(out)["test"] == cache.read_splits(demo_cache)["test"]  # the run's test images
     assert cli.main(["evaluate", "--cache", str(out), "--split", "test"]) == 0
-    run = json.loads((run_dir(tmp_path) / "metrics.json").read_text())
+    run = json.loads((run_path / "metrics.json").read_text())
     encoded = json.loads((out / "metrics-test.json").read_text())
     assert encoded["rsum"] == pytest.approx(run["rsum"], abs=0.1)
     assert cache.read_metadata(out)["text_model"]["dim"] == 16
@@ -318,16 +336,18 @@ def test_fusion_and_its_loss_go_together(demo_cache, tmp_path, monkeypatch, caps
 
 
 def test_evaluate_rebuilds_backbone_runs_and_reranks_a_dual_run_with_the_fusion_layers(
-    demo_cache, tmp_path, monkeypatch, capsys
+    demo_cache, tmp_path, monkeypatch, capsys, one_epoch_run
 ):
     """`xalign evaluate` on backbone runs equals their own test metrics; a fused run re-ranks the top K of
     a two-tower dual run of the same cache and split (`--rerank-with`), and nothing else."""
+    import shutil
+
     monkeypatch.chdir(tmp_path)
-    dual = write_config(tmp_path / "d.yaml", demo_cache, two_tower(SCRATCH), name="dual")
+    shutil.copytree(one_epoch_run("scratch")[0], run_dir(tmp_path, "dual"))  # a dual run of two_tower(SCRATCH)
     fused = write_config(
         tmp_path / "f.yaml", demo_cache, two_tower(SCRATCH, fusion=FUSION), name="fused", loss={"type": "itm"}
     )
-    assert backbone_train.main([str(dual)]) == 0 and backbone_train.main([str(fused)]) == 0
+    assert backbone_train.main([str(fused)]) == 0
     for name in ("dual", "fused"):
         trained = json.loads((run_dir(tmp_path, name) / "metrics.json").read_text())
         out = tmp_path / f"{name}.json"
@@ -350,29 +370,32 @@ def test_evaluate_rebuilds_backbone_runs_and_reranks_a_dual_run_with_the_fusion_
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_train_like_one_process(demo_cache, tmp_path):
+def test_torchrun_two_ranks_train_like_one_process(demo_cache, tmp_path, monkeypatch):
     """2 CPU ranks (gloo), each decoding and tokenising half of the global batch, with features gathered for
-    the loss and gradients summed, see the single process's losses and end with its weights (to Adam's
-    noise floor: its first update is lr·g/|g|, so near-zero gradients turn summation-order noise into ~lr/100)."""
+    the loss and gradients summed, see the single process's losses (this one's, one thread like each rank)
+    and end with its weights (to Adam's noise floor: its first update is lr·g/|g|, so near-zero gradients
+    turn summation-order noise into ~lr/100)."""
     repo = Path(__file__).resolve().parents[4]
     env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
-    model = two_tower(SCRATCH)
-    weights = {}
-    for name, prefix in (
-        ("single", [sys.executable]),
-        ("ranks", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]),
-    ):
-        config = write_config(tmp_path / f"{name}.yaml", demo_cache, model, name=name, batch_size=56, num_epochs=2)
-        done = subprocess.run(
-            [*prefix, "-m", "pipeline.cli", "backbone-train", str(config)],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=400,
+    configs = {
+        name: write_config(
+            tmp_path / f"{name}.yaml", demo_cache, two_tower(SCRATCH), name=name, batch_size=56, num_epochs=2
         )
-        assert done.returncode == 0, done.stderr[-3000:]
-        weights[name] = torch.load(run_dir(tmp_path, name) / "last.pt", weights_only=True)
+        for name in ("single", "ranks")
+    }
+    monkeypatch.chdir(tmp_path)
+    assert backbone_train.main([str(configs["single"])]) == 0
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
+    done = subprocess.run(
+        [*torchrun, "-m", "pipeline.cli", "backbone-train", str(configs["ranks"])],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    weights = {name: torch.load(run_dir(tmp_path, name) / "last.pt", weights_only=True) for name in configs}
     losses = [[r["train_loss"] for r in weights[name]["history"]] for name in ("single", "ranks")]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     for part in ("encoder", "text_encoder"):
@@ -389,15 +412,14 @@ def test_the_step_benchmark_feeds_two_towers_tokenised_in_the_workers(demo_cache
 
 
 @pytest.mark.parametrize("tower", ["scratch", "distilbert"])
-def test_activation_checkpointing_trains_the_same_weights(demo_cache, tmp_path, monkeypatch, request, tower):
+def test_activation_checkpointing_trains_the_same_weights(demo_cache, tmp_path, monkeypatch, one_epoch_run, tower):
     """`model.text.checkpointing` recomputes the text layers in the backward pass: same gradients, less memory."""
-    text = SCRATCH if tower == "scratch" else hf_text(request.getfixturevalue("distilbert"), pretrained=False)
+    plain_run, text = one_epoch_run(tower)  # checkpointing off, the default
     monkeypatch.chdir(tmp_path)
-    for name, checkpointing in (("plain", False), ("recomputed", True)):
-        model = two_tower({**text, "checkpointing": checkpointing})
-        assert backbone_train.main([str(write_config(tmp_path / f"{name}.yaml", demo_cache, model, name=name))]) == 0
+    model = two_tower({**text, "checkpointing": True})
+    assert backbone_train.main([str(write_config(tmp_path / "r.yaml", demo_cache, model, name="recomputed"))]) == 0
     plain, recomputed = (
-        torch.load(run_dir(tmp_path, n) / "last.pt", weights_only=True) for n in ("plain", "recomputed")
+        torch.load(run / "last.pt", weights_only=True) for run in (plain_run, run_dir(tmp_path, "recomputed"))
     )
     for key, value in plain["text_encoder"].items():
         torch.testing.assert_close(recomputed["text_encoder"][key], value, rtol=1e-5, atol=1e-6, msg=key)
