@@ -79,7 +79,6 @@ def test_no_config_in_the_heads_loop_trains_into_the_demos_run():
     assert demo_name not in {load_config(path).name for path in HEADS.glob("*.yaml")}
 
 
-@pytest.mark.slow
 def test_demo_prints_the_dataset_root_it_built(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "encode_cache", lambda request: write_synthetic_cache(request.out))
     tiny = ["training.num_epochs=1", "training.device=cpu", "model.output_dim=8", "model.hidden_dim=16"]
@@ -88,7 +87,6 @@ def test_demo_prints_the_dataset_root_it_built(tmp_path, monkeypatch, capsys):
     assert f"dataset root {tmp_path / 'data' / 'demo' / '60'} (for `xalign encode --dataset demo --root`)" in out
 
 
-@pytest.mark.slow
 def test_encode_shows_caption_progress_and_shard_lines_but_no_weight_loading_bar(tmp_path, monkeypatch):
     err = terminal(monkeypatch)
     build_demo(tmp_path / "data", num_images=20)

@@ -249,7 +249,6 @@ def test_an_image_id_that_cannot_be_stored_skips_the_image(tmp_path):
     assert entry["image_id"] == "bad\\x00id"
 
 
-@pytest.mark.slow
 def test_encode_of_a_nul_caption_completes_the_cache_and_reports_the_row(tmp_path, capsys):
     from test_encode_runs import argv, folder_dataset
 

@@ -5,7 +5,6 @@ import socket
 import subprocess
 import sys
 
-import pytest
 from test_encode_runs import argv, assert_same_cache, folder_dataset
 
 from encoding.commands import encode
@@ -42,6 +41,5 @@ def two_ranks_and_one_process(tmp_path, *extra) -> None:
     assert_same_cache(out, reference, exact=True)
 
 
-@pytest.mark.slow
 def test_torchrun_two_ranks_give_the_single_process_cache(tmp_path):
     two_ranks_and_one_process(tmp_path)

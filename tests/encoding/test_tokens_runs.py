@@ -1,7 +1,6 @@
 """Token caches are resumable, deterministic and the same under torchrun, like pooled ones."""
 
 import h5py
-import pytest
 from test_encode_resume import kill_rerun_and_compare
 from test_encode_torchrun import two_ranks_and_one_process
 
@@ -21,7 +20,6 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_token_cache_byte_for_byte(tmp
     assert_token_shards(tmp_path / "killed")
 
 
-@pytest.mark.slow
 def test_torchrun_two_ranks_give_the_single_process_token_cache(tmp_path):
     two_ranks_and_one_process(tmp_path, "--tokens")
     assert_token_shards(tmp_path / "ranks")

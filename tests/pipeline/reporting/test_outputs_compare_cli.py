@@ -159,7 +159,6 @@ def test_evaluate_out_of_a_cache_refuses_a_runs_metrics_through_dots(tmp_path, c
     assert f"is run {run}'s own metrics.json" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_evaluate_out_may_spell_out_the_default_target(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_synthetic_cache(tmp_path / "cache", num_images=30)
@@ -190,7 +189,6 @@ def test_clamp_warning_names_the_k_used_per_direction():
     assert clamp_warning({k: v for k, v in metrics.items() if k != "rerank_k"}) is None
 
 
-@pytest.mark.slow
 def test_evaluate_rerank_k_beyond_the_gallery_is_clamped_with_a_warning(tmp_path, monkeypatch, capsys):
     from tests.pipeline.training.test_token_training import write_config
 

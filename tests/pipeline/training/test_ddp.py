@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 WORKER = Path(__file__).with_name("ddp_step.py")
@@ -22,7 +21,6 @@ def _run(prefix: list[str], cache: Path, out: Path) -> dict:
     return torch.load(out, weights_only=False)
 
 
-@pytest.mark.slow
 def test_two_ranks_step_like_one_process_on_the_global_batch(synthetic_cache, tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", [str(WORKER), str(synthetic_cache), str(tmp_path / "single.pt")])
     runpy.run_path(str(WORKER))  # the single process: this one (one thread, like each rank)

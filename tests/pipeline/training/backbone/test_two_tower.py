@@ -369,7 +369,6 @@ def test_evaluate_rebuilds_backbone_runs_and_reranks_a_dual_run_with_the_fusion_
     assert "a run that scores pairs; give a dual-encoder run" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_torchrun_two_ranks_train_like_one_process(demo_cache, tmp_path, monkeypatch):
     """2 CPU ranks (gloo), each decoding and tokenising half of the global batch, with features gathered for
     the loss and gradients summed, see the single process's losses (this one's, one thread like each rank)
