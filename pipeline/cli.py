@@ -24,6 +24,9 @@ COMMANDS = {
     "tune": ("pipeline.commands.tune", "resumable Optuna sweep"),
     "backbone-train": ("pipeline.commands.backbone_train", "train an image backbone end to end"),
     "compare": ("pipeline.commands.compare", "one table of metrics across runs"),
+    "index": ("pipeline.commands.index", "faiss indexes of a run's gallery, for search"),
+    "search": ("pipeline.commands.search", "what a run retrieves for a text or an image"),
+    "serve": ("pipeline.commands.serve", "a web page and JSON API to search a run"),
     "bench": ("pipeline.bench", "throughput against the limit and the naive loop"),
 }
 

@@ -238,3 +238,17 @@ def run_copy(trained_run, tmp_path, monkeypatch):
     shutil.copytree(root / "results", tmp_path / "results")
     monkeypatch.chdir(tmp_path)
     return tmp_path / "results" / "x", config
+
+
+@pytest.fixture(scope="session")
+def searchable_run(demo_cache, tmp_path_factory):
+    """The run directory `results/x` of a two-epoch MLP head trained once on `demo_cache` (the real MiniLM text
+    backbone and a seeded ResNet-18: text and image queries go through them)."""
+    from pipeline import cli
+
+    root = tmp_path_factory.mktemp("searchable")
+    config = write_head_config(root, demo_cache)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        assert cli.main(["train", str(config)]) == 0
+    return root / "results" / "x"

@@ -1,4 +1,4 @@
-"""`xalign bench {train,eval,encode,attention} [...]`: each prints one JSON object last on stdout.
+"""`xalign bench {train,eval,encode,attention,search} [...]`: each prints one JSON object last on stdout.
 
 Every benchmark measures after a warm-up; train and encode run their loops in one process, one after
 another; eval and attention run each size in a fresh subprocess, so that its peak memory is its own.
@@ -17,6 +17,7 @@ BENCHMARKS = {
         "pipeline.bench.attention",
         "time and peak memory of token_transformer vs sparse_attention vs token count",
     ),
+    "search": ("pipeline.bench.search", "faiss index vs exact search: single-query qps, latency, recall@10, memory"),
 }
 
 

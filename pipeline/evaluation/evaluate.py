@@ -10,11 +10,12 @@ of backbones that share one space. Both return metrics with their provenance.
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch.nn.functional as F
 
-from encoding.cache import open_cache
+from encoding.cache import Cache, open_cache
 from encoding.errors import BadInput
 from encoding.runtime import resolve_device
 from pipeline.config.experiment import read_yaml_mapping
@@ -39,22 +40,39 @@ class Rerank:
     k: int | None = None
 
 
-def evaluate_run(
+@dataclass(frozen=True)
+class RunOnSplit:
+    """A run opened on a split of its cache (or of another cache of its backbones): what `evaluate`, `index` and
+    `search` embed. `provenance` describes the data now; `trained` is what the run recorded (None: an older run)."""
+
+    run: Run
+    split: str
+    cache: Cache
+    provenance: dict
+    trained: dict | None
+
+    @cached_property
+    def data(self) -> SplitTensors:
+        """The split's tensors, read on first use and checked against the run's input dims."""
+        data = load_splits(self.cache, [self.split])[self.split]
+        check_dims(self.run, data)
+        return data
+
+
+def run_on_split(
     run_dir: Path,
     split: str = "test",
-    ks=(1, 5, 10),
     cache_dir: Path | None = None,
     device: str = "cpu",
-    zeroshot: ZeroShotOptions | None = None,
     checkpoint: str = "best.pt",
     allow_new_split: bool = False,
     verify: bool = True,
-    rerank: Rerank = Rerank(),
-) -> dict:
-    """Metrics of a run on `split` of its cache (or of `cache_dir`), with their provenance.
+) -> RunOnSplit:
+    """The run of `run_dir` and `split` of its cache (or of `cache_dir`), checked to belong together.
 
     Refused (`BadInput`): the run's cache changed since training, its split was re-made (unless
-    `allow_new_split`), or `cache_dir` holds embeddings of other backbones.
+    `allow_new_split`) or `cache_dir` holds embeddings of other backbones; the split's tensors are read when
+    first used (`data`), refused when their dims differ from the run's.
     """
     run = open_run(run_dir, checkpoint, device, cache_dir, verify)
     data_dir = cache_dir or run.cache_dir
@@ -69,10 +87,27 @@ def evaluate_run(
         log.warning(f"{run_dir} records no provenance (an older run); its cache and split are not checked")
     else:
         current = provenance.check_evaluation(run_dir, trained, current, cache_dir is not None, allow_new_split)
-    bound = current if trained is None else trained  # the cache and split a dual run to re-rank must share
+    return RunOnSplit(run, split, opened, current, trained)
+
+
+def evaluate_run(
+    run_dir: Path,
+    split: str = "test",
+    ks=(1, 5, 10),
+    cache_dir: Path | None = None,
+    device: str = "cpu",
+    zeroshot: ZeroShotOptions | None = None,
+    checkpoint: str = "best.pt",
+    allow_new_split: bool = False,
+    verify: bool = True,
+    rerank: Rerank = Rerank(),
+) -> dict:
+    """Metrics of a run on `split` of its cache (or of `cache_dir`), with their provenance; refused as
+    `run_on_split` refuses, and for options the run does not take."""
+    opened = run_on_split(run_dir, split, cache_dir, device, checkpoint, allow_new_split, verify)
+    run, data, current = opened.run, opened.data, opened.provenance
+    bound = current if opened.trained is None else opened.trained  # the cache and split a re-rank run must share
     check_options(run, run_dir, rerank, zeroshot)
-    data = load_splits(opened, [split])[split]
-    check_dims(run, data)
     image, text, index = run.embed_split(data)
     if run.scores_pairs:
         metrics = rerank_metrics(run, run_dir, data, bound, rerank, (image, text, index), ks, verify)
@@ -80,7 +115,7 @@ def evaluate_run(
         metrics = retrieval_metrics(image, text, index, ks)
     if zeroshot is not None:
         encode = run.model.encode_text
-        metrics["zeroshot"] = zeroshot_metrics(opened, data.labels, image, encode, zeroshot, run.device)
+        metrics["zeroshot"] = zeroshot_metrics(opened.cache, data.labels, image, encode, zeroshot, run.device)
     return {"split": split, **metrics, "provenance": current}
 
 

@@ -1,4 +1,5 @@
-"""Figures written next to a run: training curves, PCA / t-SNE of the shared space, a retrieval gallery.
+"""Figures written next to a run: training curves, PCA / t-SNE of the shared space, a retrieval gallery; and
+the grid of a search's top images.
 
 Every figure has a fixed pixel size (figsize x 100 dpi), so tests can check the PNGs. Epochs are numbered
 from 1, as the console prints them.
@@ -143,6 +144,27 @@ def retrieval_gallery(queries: list[str], top_rows, top_scores, image_paths, own
         label = query_label(queries[i], int(own_ranks[i]), k, len(image_paths))
         axes[i, 0].set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
     fig.subplots_adjust(left=0.22, right=0.99, top=0.95, bottom=0.02, wspace=0.05, hspace=0.3)
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def search_grid(query: str, hits: list[dict], path: Path, columns: int = 5) -> Path:
+    """The top images of a search (`pipeline.search.searcher` hits) in rows of `columns`: each with its rank and
+    score above and its first caption below, the query as the title."""
+    from encoding.datasets import open_image
+
+    rows = max(1, -(-len(hits) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 3.1 * rows + 0.5), dpi=100, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, hit in zip(axes.flat, hits):
+        ax.imshow(open_image(hit["path"]))
+        ax.set_title(f"#{hit['rank']}  {hit['score']:.3f}", fontsize=10)
+        caption = textwrap.shorten(hit["captions"][0], 60, placeholder="…") if hit["captions"] else ""
+        ax.text(0.5, -0.04, textwrap.fill(caption, 30), transform=ax.transAxes, ha="center", va="top", fontsize=8)
+    fig.suptitle(textwrap.shorten(query, 100, placeholder="…"), fontsize=12)
+    fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.5 / (3.1 * rows + 0.5), bottom=0.08, hspace=0.45, wspace=0.08)
     fig.savefig(path)
     plt.close(fig)
     return Path(path)

@@ -14,6 +14,7 @@ from torch.utils.data import default_collate
 
 from encoding.backbones.image_encoder import build_image_encoder, eval_transform
 from encoding.backbones.text_encoder import build_text_encoder, text_tokenizer
+from encoding.datasets import open_image
 from encoding.runtime import autocast
 from encoding.token_packing import pad_and_stack
 from pipeline.data.images import Captions, SplitImages, image_loader, pair_loader
@@ -195,3 +196,9 @@ class FusedRun(TwoTowerRun):
             self.pil_batches(images), self.caption_batches(list(texts))
         )
         return self.match(image_tokens, text_tokens, masks)
+
+    def score_query(self, split, rows: torch.Tensor, text: str | None = None, image=None) -> torch.Tensor:
+        rows = rows.tolist()
+        if text is not None:
+            return self.score([open_image(split.image_paths[r]) for r in rows], [text] * len(rows))
+        return self.score([image] * len(rows), [split.captions[r] for r in rows])

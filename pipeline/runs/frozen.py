@@ -1,7 +1,8 @@
 """The frozen backbones a cache records, rebuilt to encode raw queries as the cache's items were encoded.
 
 Texts go through the recorded text backbone with the recorded prefix, images through the recorded image
-backbone and its own preprocessing; pooled outputs are L2-normalised (as `xalign encode` stores them).
+backbone and its own preprocessing; pooled outputs are L2-normalised and rounded to the stored dtype (as
+`xalign encode` stores them).
 For token caches the same forward also gives the tokens, packed (captions) or pooled to the recorded count
 (images) exactly as `encoding.token_packing` stored them. A backbone is loaded on first use only: a run whose
 backbone cannot be rebuilt here (a hub name without a network) still embeds its cache, and a raw query is a
@@ -37,6 +38,13 @@ def loaded(load, entry: dict, side: str, device: torch.device):
         ) from err
 
 
+def as_stored(embeddings: torch.Tensor, entry: dict) -> torch.Tensor:
+    """fp32 embeddings rounded to the dtype the cache stores them in (`entry["dtype"]`), so that a raw query
+    and the cache's copy of the same item are the same vector."""
+    dtype = getattr(torch, str(entry.get("dtype")), None)
+    return embeddings.to(dtype).float() if isinstance(dtype, torch.dtype) else embeddings
+
+
 @dataclass
 class FrozenBackbones:
     """Lazily loaded frozen backbones of a cache's `metadata.json` (`meta`), on `device`."""
@@ -69,6 +77,7 @@ class FrozenBackbones:
         embeddings, hidden, mask = encode_texts_with_tokens(
             list(texts), self.text, entry.get("prefix", ""), BATCH, self.device, "fp32", token_dim
         )
+        embeddings = as_stored(embeddings, entry)
         return (embeddings, hidden, mask) if tokens else embeddings
 
     @torch.no_grad()
@@ -88,7 +97,9 @@ class FrozenBackbones:
                     features, grid_tokens, grid = model.encode_with_tokens(pixels)
                     token_parts.append(layout.store(grid_tokens, grid))
             parts.append(F.normalize(features.float(), dim=-1).cpu())
-        embeddings = torch.cat(parts) if parts else torch.zeros(0, self.meta["image_model"]["dim"])
+        embeddings = as_stored(
+            torch.cat(parts) if parts else torch.zeros(0, self.meta["image_model"]["dim"]), self.meta["image_model"]
+        )
         if layout is None:
             return embeddings
         return embeddings, torch.cat(token_parts) if token_parts else layout.empty()

@@ -107,3 +107,16 @@ class CrossEncoderRun(TokenHeadRun):
         _, text, mask = self.frozen.encode_texts(texts, tokens=True)
         d = self.device
         return self.model.eval().match(image.to(d).float(), text.to(d).float(), mask.to(d)).float()
+
+    @torch.no_grad()
+    def score_query(self, split: SplitTensors, rows: torch.Tensor, text: str | None = None, image=None) -> torch.Tensor:
+        source, rows, d = self.tokens_of(split), rows.cpu(), self.device
+        if text is not None:
+            _, query, mask = self.frozen.encode_texts([text], tokens=True)
+            gallery = source.images(rows).to(d).float()
+            query, mask = query.to(d).float().expand(len(rows), -1, -1), mask.to(d).expand(len(rows), -1)
+            return self.model.eval().match(gallery, query, mask).float()
+        _, query = self.frozen.encode_images([image], tokens=True)
+        captions, mask = source.captions(rows)
+        query = query.to(d).float().expand(len(rows), -1, -1)
+        return self.model.eval().match(query, captions.to(d).float(), mask.to(d)).float()

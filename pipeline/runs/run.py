@@ -77,3 +77,8 @@ class Run:
     def score(self, images: list[Image.Image], texts: list[str]) -> torch.Tensor:
         """(P,) match logits of raw (image, text) pairs `zip(images, texts)`."""
         raise BadInput(f"a '{self.kind}' run embeds; it does not score pairs")
+
+    def score_query(self, split: SplitTensors, rows: torch.Tensor, text: str | None = None, image=None) -> torch.Tensor:
+        """(K,) match logits of one raw query against `rows` (K,) of `split`: a `text` against its images, or an
+        `image` (PIL) against its captions (search re-ranks a dual top K with them)."""
+        raise BadInput(f"a '{self.kind}' run embeds; it does not score pairs")

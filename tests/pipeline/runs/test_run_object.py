@@ -15,6 +15,7 @@ from pipeline import open_run
 from pipeline.config import backbone
 from pipeline.config.experiment import from_dict
 from pipeline.data.split_tensors import load_splits
+from pipeline.search.searcher import Searcher
 from pipeline.training.checkpoint import save_checkpoint
 from pipeline.training.choice import trainer_for
 
@@ -135,3 +136,25 @@ def test_open_run_refuses_what_is_not_a_run(tmp_path):
     save_checkpoint({"weights": np.zeros(2).tolist()}, tmp_path / "best.pt")
     with pytest.raises(BadInput, match="not a checkpoint of `xalign train`"):
         open_run(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["cross_encoder", "fused"])
+def test_search_re_ranks_the_dual_top_k_by_the_match_head(kind, token_cache, tmp_path):
+    saved_trainer(kind, token_cache, tmp_path / kind)
+    searcher = Searcher.open(tmp_path / kind)
+    run, test = searcher.run, searcher.opened.data
+    image, text, _ = run.embed_split(test)
+    score_pairs = run.pair_scorer(test)
+    caption = str(test.captions[0])
+    top = (image @ run.encode_texts([caption])[0]).topk(run.rerank_k).indices  # the dual top K of the query
+    logits = score_pairs(top, torch.zeros_like(top))  # caption 0 against them, as evaluate re-ranks
+    order = logits.argsort(descending=True)[:3]
+    hits = searcher.search_text(caption, k=3)
+    assert [h["id"] for h in hits] == [test.image_ids[int(top[o])] for o in order]
+    torch.testing.assert_close(torch.tensor([h["score"] for h in hits]), logits[order], atol=2e-2, rtol=0)
+    picture = Image.open(test.image_paths[1])
+    top = (text @ run.encode_images([picture])[0]).topk(run.rerank_k).indices
+    logits = score_pairs(torch.ones_like(top), top)
+    order = logits.argsort(descending=True)[:3]
+    hits = searcher.search_image(picture, k=3, target="captions")
+    assert [h["captions"] for h in hits] == [[str(test.captions[int(top[o])])] for o in order]

@@ -1,0 +1,1 @@
+"""Search: faiss indexes of a run's gallery, queries by text or image, the web page."""
