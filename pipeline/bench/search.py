@@ -21,6 +21,7 @@ import time
 
 import faiss
 import numpy as np
+from tqdm import tqdm
 
 from encoding.errors import BadInput
 from pipeline.search import faiss_index
@@ -47,12 +48,13 @@ def clustered(count: int, centres: np.ndarray, basis: np.ndarray, rng: np.random
     return out
 
 
-def latencies_ms(index, queries: np.ndarray, k: int = 10) -> np.ndarray:
-    """One query per call, after a warm-up; the milliseconds of each call."""
+def latencies_ms(index, queries: np.ndarray, what: str, k: int = 10) -> np.ndarray:
+    """One query per call, after a warm-up; the milliseconds of each call (a progress bar on a terminal: exact
+    search at 1M vectors takes about a minute)."""
     for q in queries[:WARMUP]:
         faiss_index.search(index, q[None], k)
     times = np.empty(len(queries))
-    for i, q in enumerate(queries):
+    for i, q in enumerate(tqdm(queries, desc=what, unit="query", leave=False, disable=None)):
         started = time.perf_counter()
         faiss_index.search(index, q[None], k)
         times[i] = time.perf_counter() - started
@@ -73,8 +75,8 @@ def measure(args) -> dict:
     recall = faiss_index.recall_at_k(
         faiss_index.search(built.index, queries, k)[1], faiss_index.search(exact, queries, k)[1], k
     )
-    index_ms = latencies_ms(built.index, queries)
-    exact_ms = latencies_ms(exact, queries[:EXACT_TIMED])
+    index_ms = latencies_ms(built.index, queries, built.info["factory"])
+    exact_ms = latencies_ms(exact, queries[:EXACT_TIMED], "exact")
     info = built.info
     return {
         "vectors": args.vectors,

@@ -62,6 +62,8 @@ def main(argv=None) -> int:
         raise BadInput("search: give a text QUERY or --image PATH (one of them)")
     if args.grid is not None:
         check_output(args.grid, "--grid")
+        if not args.grid.resolve().parent.is_dir():
+            raise BadInput(f"--grid {args.grid}: its directory {args.grid.parent} does not exist")
     image = None if args.image is None else read_image(args.image)
     searcher = Searcher.open(args.run_dir, args.split, args.cache, args.device, args.checkpoint, args.allow_new_split)
     if image is None:

@@ -127,8 +127,10 @@ def serve(searcher, host: str, port: int, threads: int) -> None:
         server = waitress.create_server(
             create_app(searcher), host=host, port=port, threads=threads, max_request_body_size=BODY_LIMIT_BYTES
         )
-    except OSError as err:
-        raise BadInput(f"--host {host} --port {port}: cannot listen there ({err.strerror or err})") from None
+    except (OSError, ValueError) as err:  # in use or not allowed (OSError); a host that does not resolve (ValueError)
+        raise BadInput(
+            f"--host {host} --port {port}: cannot listen there ({getattr(err, 'strerror', None) or err})"
+        ) from None
     info = searcher.describe()
     log.info(
         "serving run %s (split %s, %d images) at %s", info["run"], info["split"], info["images"], " ".join(urls(server))

@@ -231,6 +231,13 @@ def test_serve_cli_warns_for_a_network_host_and_names_a_port_in_use(searchable_r
     assert any("reachable from the network" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
 
 
+def test_serve_cli_names_a_host_that_does_not_resolve(searchable_run):
+    from pipeline.commands import serve
+
+    with pytest.raises(BadInput, match="--host no.such.host.invalid --port 8799: cannot listen there"):
+        serve.main([str(searchable_run), "--host", "no.such.host.invalid", "--port", "8799", "--device", "cpu"])
+
+
 def test_serve_cli_refuses_zero_threads(searchable_run):
     from pipeline.commands import serve
 
