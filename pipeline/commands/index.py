@@ -17,7 +17,7 @@ from pathlib import Path
 from encoding.errors import BadInput
 from pipeline.evaluation.evaluate import run_on_split
 from pipeline.search.faiss_index import parse_memory
-from pipeline.search.gallery import RECORD, build_gallery, gallery_dir, identity, open_gallery, stale_because
+from pipeline.search.gallery import build_gallery, current_gallery, gallery_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,10 +57,8 @@ def main(argv=None) -> int:
         args.run_dir, args.split, args.cache, args.device, args.checkpoint, args.allow_new_split, args.verify
     )
     directory = gallery_dir(args.run_dir, args.split, args.cache)
-    if (directory / RECORD).is_file() and not args.force:
-        existing = open_gallery(directory)
-        if reason := stale_because(existing.record, identity(opened, args.split)):
-            raise BadInput(f"{directory}: the index is stale: {reason}; --force rebuilds it")
+    existing = None if args.force else current_gallery(directory, opened, args.split, "--force rebuilds it")
+    if existing is not None:
         asked = {"index": args.index, "max_memory": args.max_memory}
         if existing.record.get("requested") != asked:
             raise BadInput(

@@ -27,9 +27,7 @@ plus Gaussian noise of norm NOISE_NORM (cosine ~0.9 to their source), renormalis
 
 import logging
 import math
-import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +35,11 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from encoding.atomic import atomic_target
 from encoding.errors import BadInput
 from pipeline.data.token_source import available_memory_bytes
 
-log = logging.getLogger("xalign.pipeline.search.faiss_index")
+log = logging.getLogger(f"xalign.{__name__}")
 
 EXACT_UP_TO = 100_000
 RECALL_TARGET = 0.95
@@ -247,16 +246,9 @@ def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_index(index, path: Path) -> None:
-    """Write atomically: a temporary file beside `path`, then renamed onto it."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        faiss.write_index(index, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write atomically (`encoding.atomic`): a temporary file beside `path`, renamed onto it once complete."""
+    with atomic_target(path) as tmp:
+        faiss.write_index(index, str(tmp))
 
 
 def read_index(path: Path, info: dict):

@@ -16,6 +16,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -90,14 +91,13 @@ class Gallery:
     def size(self, target: str) -> int:
         return self.num_images if target == "images" else len(self.captions)
 
-    def captions_of(self, row: int) -> list[str]:
-        """The captions of image `row`, in the cache's order."""
-        if not hasattr(self, "_by_image"):
-            by_image: list[list[str]] = [[] for _ in self.image_ids]
-            for text, image in zip(self.captions, self.caption_image_index.tolist()):
-                by_image[image].append(text)
-            self._by_image = by_image
-        return self._by_image[row]
+    @cached_property
+    def captions_by_image(self) -> list[list[str]]:
+        """Each image's captions, in the cache's order."""
+        by_image: list[list[str]] = [[] for _ in self.image_ids]
+        for text, image in zip(self.captions, self.caption_image_index.tolist()):
+            by_image[image].append(text)
+        return by_image
 
 
 def open_gallery(directory: Path) -> Gallery:
@@ -112,6 +112,17 @@ def open_gallery(directory: Path) -> Gallery:
     indexes = {side: faiss_index.read_index(directory / name, record[side]) for side, name in SIDES.items()}
     rows = np.asarray(items["caption_image_index"], dtype=np.int64)
     return Gallery(directory, record, items["image_ids"], items["paths"], items["captions"], rows, indexes)
+
+
+def current_gallery(directory: Path, opened: RunOnSplit, split: str, way_out: str) -> Gallery | None:
+    """The gallery in `directory` when it was built from `opened`'s run and data; None when there is none;
+    BadInput naming what changed (both fingerprints) and `way_out` when it is stale."""
+    if not (Path(directory) / RECORD).is_file():
+        return None
+    gallery = open_gallery(directory)
+    if reason := stale_because(gallery.record, identity(opened, split)):
+        raise BadInput(f"{directory}: the index is stale: {reason}; {way_out}")
+    return gallery
 
 
 def build_gallery(opened: RunOnSplit, directory: Path, split: str, kind: str, max_memory: int | None) -> Gallery:

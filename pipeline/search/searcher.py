@@ -27,7 +27,7 @@ from encoding.datasets import open_image
 from encoding.errors import BadInput
 from pipeline.evaluation.evaluate import RunOnSplit, run_on_split
 from pipeline.search import faiss_index
-from pipeline.search.gallery import RECORD, Gallery, build_gallery, gallery_dir, identity, open_gallery, stale_because
+from pipeline.search.gallery import Gallery, build_gallery, current_gallery, gallery_dir
 
 log = logging.getLogger(f"xalign.{__name__}")
 
@@ -87,17 +87,13 @@ class Searcher:
         (`BadInput` naming what changed and both fingerprints)."""
         opened = run_on_split(run_dir, split, cache_dir, device, checkpoint, allow_new_split, verify=False)
         directory = gallery_dir(run_dir, split, cache_dir)
-        if not (directory / RECORD).is_file():
+        gallery = current_gallery(directory, opened, split, f"rebuild it with `xalign index {run_dir} --force`")
+        if gallery is None:
             log.info(
                 f"{directory}: no index yet; building the default one (exact search up to "
                 f"{faiss_index.EXACT_UP_TO:,} vectors) — `xalign index` builds others"
             )
-            return cls(opened, build_gallery(opened, directory, split, "default", None), run_dir)
-        gallery = open_gallery(directory)
-        if reason := stale_because(gallery.record, identity(opened, split)):
-            raise BadInput(
-                f"{directory}: the index is stale: {reason}; rebuild it with `xalign index {run_dir} --force`"
-            )
+            gallery = build_gallery(opened, directory, split, "default", None)
         return cls(opened, gallery, run_dir)
 
     def describe(self) -> dict:
@@ -143,9 +139,11 @@ class Searcher:
         found = rows[0] >= 0
         scores, rows = scores[0][found], rows[0][found]
         if rerank:
-            logits = self.run.score_query(self.opened.data, torch.from_numpy(rows), text=text, image=image)
-            order = np.argsort(-logits.cpu().numpy(), kind="stable")[:k]
-            scores, rows = logits.cpu().numpy()[order], rows[order]
+            logits = (
+                self.run.score_query(self.opened.data, torch.from_numpy(rows), text=text, image=image).cpu().numpy()
+            )
+            order = np.argsort(-logits, kind="stable")[:k]
+            scores, rows = logits[order], rows[order]
         return [
             self.hit(rank, float(score), int(row), target) for rank, (score, row) in enumerate(zip(scores, rows), 1)
         ]
@@ -153,7 +151,7 @@ class Searcher:
     def hit(self, rank: int, score: float, row: int, target: str) -> dict:
         g = self.gallery
         image = row if target == "images" else int(g.caption_image_index[row])
-        captions = g.captions_of(image) if target == "images" else [g.captions[row]]
+        captions = g.captions_by_image[image] if target == "images" else [g.captions[row]]
         return {"rank": rank, "score": score, "id": g.image_ids[image], "path": g.paths[image], "captions": captions}
 
     def image_path(self, image_id: str) -> str:

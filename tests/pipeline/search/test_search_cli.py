@@ -70,7 +70,7 @@ def test_an_image_and_a_caption_find_themselves(searcher):
     with Image.open(g.paths[3]) as image:
         hits = searcher.search_image(image.convert("RGB"), k=3)
     assert hits[0]["id"] == g.image_ids[3] and hits[0]["score"] == pytest.approx(1.0, abs=1e-3)
-    assert hits[0]["captions"] == g.captions_of(3)
+    assert hits[0]["captions"] == g.captions_by_image[3]
     caption_hits = searcher.search_text(g.captions[5], k=2, target="captions")
     assert caption_hits[0]["captions"] == [g.captions[5]] and caption_hits[0]["score"] == pytest.approx(1.0, abs=1e-3)
     assert caption_hits[0]["id"] == g.image_ids[int(g.caption_image_index[5])]
@@ -94,6 +94,8 @@ def test_search_cli_table_json_and_grid(run_dir, tmp_path, capsys, caplog):
 
 
 def test_index_is_kept_when_current_and_refused_when_stale(run_dir, capsys):
+    assert cli.main(["index", str(run_dir), "--max-memory", "lots"]) == 2
+    assert "--max-memory 'lots': expected a size like 4G or 512M" in capsys.readouterr().err
     assert cli.main(["index", str(run_dir)]) == 0
     assert "wrote" in capsys.readouterr().out
     record = json.loads((gallery_dir(run_dir, "test") / RECORD).read_text())
@@ -144,6 +146,8 @@ def test_a_changed_split_makes_the_index_stale(run_dir, demo_cache, tmp_path, ca
         (["--image", "missing.png"], "--image missing.png: no such file"),
         (["--image", "notes.txt"], "--image notes.txt: not an image"),
         (["a digit", "--split", "nope"], "no split 'nope'"),
+        (["a digit", "--grid", "no/dir/g.png"], "--grid no/dir/g.png: its directory no/dir does not exist"),
+        (["a digit", "--target", "pixels"], "invalid choice: 'pixels'"),
     ],
 )
 def test_bad_queries_exit_2(searcher, argv, message, tmp_path, monkeypatch, capsys):
