@@ -6,10 +6,10 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from encoding.commands import split
+from encoding.errors import BadInput
 from pipeline import cli
 from pipeline.evaluation.evaluate import evaluate_run, run_on_split
 from pipeline.evaluation.metrics import ranks_both_ways
@@ -167,8 +167,12 @@ def test_a_directory_without_a_run_exits_2(tmp_path, capsys):
 
 
 def test_searcher_refuses_bad_k_and_target(searcher):
-    for k, target in ((0, "images"), (True, "images"), (2.0, "images"), (3, "pixels")):
-        with pytest.raises(Exception, match="k |target 'pixels'"):
+    for k, target, message in (
+        (0, "images", "k 0: expected 1 to 12"),
+        (True, "images", "k True: expected 1 to 12"),
+        (2.0, "images", "k 2.0: expected 1 to 12"),
+        (3, "pixels", "target 'pixels': choose one of images, captions"),
+    ):
+        with pytest.raises(BadInput, match=message):
             searcher.search_text("a digit", k, target)
     assert len(searcher.search_text("a digit", 12)) == 12
-    assert torch.get_num_threads() >= 1
