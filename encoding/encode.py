@@ -89,8 +89,9 @@ class EncodeRequest:
         """Keyword options for the dataset reader: `dataset_options`, plus `pairs=True` with `pairs`."""
         return {**self.dataset_options, **({"pairs": True} if self.pairs else {})}
 
-    def plan(self) -> ShardPlan:
-        return ShardPlan(self.shard_size, self.batch_size, self.num_workers)
+    def plan(self, records: list[ImageRecord]) -> ShardPlan:
+        """The shard plan of `records`: a shard never mixes two `shard_group`s (webdataset: tars)."""
+        return ShardPlan.of(records, self.shard_size, self.batch_size, self.num_workers)
 
     def header(self) -> dict:
         """The part of the cache header fixed by the request (checked before any model loads)."""
@@ -190,7 +191,7 @@ def prepare(request: EncodeRequest) -> EncodeJob:
     device = resolve_device(request.device, local_rank)
     precision = resolve_precision(request.precision, device)
     image_model, text_model, prefix = load_models(request, device, precision)
-    num_shards = request.plan().num_shards(len(records))
+    num_shards = request.plan(records).num_shards(len(records))
     tokens = token_layout(image_model, text_model, request.image_tokens) if request.tokens else None
     header = {
         **request.header(),
@@ -257,10 +258,11 @@ def encode_cache(request: EncodeRequest) -> dict:
     once (rank 0).
     """
     job = prepare(request)
-    plan = request.plan()
+    plan = request.plan(job.records)
     done = cache.finished_shards(request.out)
     todo = [i for i in range(job.num_shards) if i % job.world == job.rank and i not in done]
-    total = sum(len(plan.shard_records(i, len(job.records))) for i in todo)
+    bounds = plan.bounds(len(job.records))
+    total = sum(len(bounds[i]) for i in todo)
     desc = f"encode rank {job.rank}" if job.world > 1 else "encode"
     with tqdm(total=total, unit="img", desc=desc, disable=None) as progress:
         tokens = job.tokens.image if job.tokens else None

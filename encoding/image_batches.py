@@ -5,9 +5,11 @@ Batches never cross a shard boundary (`ShardPlan`), so a shard's embeddings do n
 where a run started: a resumed run writes the same shards as an uninterrupted one.
 """
 
+import bisect
 import dataclasses
 import hashlib
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -25,26 +27,53 @@ Pixels = torch.Tensor | dict[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class ShardPlan:
-    """How records are cut: `shard_size` images per shard, loader batches of at most `batch_size`."""
+    """How records are cut: at most `shard_size` consecutive images per shard, loader batches of at most
+    `batch_size`. `groups` are the sizes of consecutive runs of records that no shard may mix (a dataset's own
+    files, e.g. webdataset tars, so that each is resumed and shared out whole); () is one run of every record."""
 
     shard_size: int
     batch_size: int
     num_workers: int = 0
+    groups: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, records: list[ImageRecord], shard_size: int, batch_size: int, num_workers: int = 0) -> "ShardPlan":
+        """The plan of `records` (in order): its groups are the runs of records sharing a `shard_group`."""
+        groups = tuple(len(list(run)) for _, run in itertools.groupby(records, key=lambda r: r.shard_group))
+        return cls(shard_size, batch_size, num_workers, groups)
+
+    def bounds(self, num_records: int) -> list[range]:
+        """Record indices of every shard, in order."""
+        sizes = self.groups or (num_records,)
+        if sum(sizes) != num_records:
+            raise ValueError(f"groups {sizes} do not add up to {num_records} records")
+        starts = itertools.accumulate(sizes, initial=0)
+        return [
+            range(first, min(first + self.shard_size, start + size))
+            for start, size in zip(starts, sizes)
+            for first in range(start, start + size, self.shard_size)
+        ]
 
     def num_shards(self, num_records: int) -> int:
-        return -(-num_records // self.shard_size)
+        return len(self.bounds(num_records))
 
     def shard_records(self, shard: int, num_records: int) -> range:
         """Record indices of shard `shard`."""
-        return range(shard * self.shard_size, min(num_records, (shard + 1) * self.shard_size))
+        return self.bounds(num_records)[shard]
 
     def batches(self, shards: list[int], num_records: int) -> list[list[int]]:
         """Record indices in batches, shard by shard; no batch crosses a shard boundary."""
-        batches = []
-        for shard in shards:
-            indices = self.shard_records(shard, num_records)
-            batches += [list(indices[b : b + self.batch_size]) for b in range(0, len(indices), self.batch_size)]
-        return batches
+        bounds = self.bounds(num_records)
+        return [
+            list(bounds[shard][b : b + self.batch_size])
+            for shard in shards
+            for b in range(0, len(bounds[shard]), self.batch_size)
+        ]
+
+    def shard_of(self, num_records: int) -> Callable[[int], int]:
+        """record index → index of the shard holding it."""
+        starts = [shard.start for shard in self.bounds(num_records)]
+        return lambda record: bisect.bisect_right(starts, record) - 1
 
 
 @dataclass
@@ -167,5 +196,6 @@ def image_shards(
         pin_memory=device.type == "cuda",
         collate_fn=collate,
     )
-    for index, batches in itertools.groupby(loader, key=lambda batch: batch.indices[0] // plan.shard_size):
+    shard_of = plan.shard_of(len(records))
+    for index, batches in itertools.groupby(loader, key=lambda batch: shard_of(batch.indices[0])):
         yield encode_shard(index, batches, image_model, device, precision, progress, tokens)

@@ -25,6 +25,7 @@ class ImageRecord:
     captions: list[str] = field(default_factory=list)
     label: int | None = None
     split: str | None = None  # the dataset's own split, for `xalign split --predefined`
+    shard_group: str | None = None  # records of one group (webdataset: a tar) never share a cache shard with another
 
 
 def require_dir(path: Path, what: str) -> Path:
@@ -111,7 +112,7 @@ def storable(records: list[ImageRecord]) -> list[ImageRecord]:
 def read_dataset(
     kind: str, root: Path, annotations: Path | None = None, skipped: list | None = None, **options
 ) -> list[ImageRecord]:
-    """Records of dataset `kind`, sorted by image id so shard contents are deterministic.
+    """Records of dataset `kind`, sorted by image id (within each `shard_group`) so shard contents are deterministic.
 
     `options` are the reader's own keyword options (e.g. `pairs` for cifar100, `num_images` for
     demo); one the reader does not take is `BadInput`. Rows the reader rejects, and captions and images a
@@ -132,8 +133,8 @@ def read_dataset(
             skipped.append(warning.message.entry)
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    return sorted(records, key=lambda r: r.image_id)
+    return sorted(records, key=lambda r: (r.shard_group or "", r.image_id))
 
 
 # Register the readers.
-from encoding.datasets import cifar100, coco, demo, flickr30k, folder, karpathy  # noqa: E402,F401
+from encoding.datasets import cifar100, coco, demo, flickr30k, folder, karpathy, webdataset  # noqa: E402,F401

@@ -6,14 +6,20 @@ model on the same images already decoded and preprocessed into batches in memory
 in this process, one after the other, after a warm-up, `--repeats` times alternating; the best
 time of each is kept (least disturbed by other load) and `pipeline_vs_forward` is their ratio.
 
+`--dataset webdataset`: the same JPEGs are also packed into img2dataset-style tars (`--shard-size` images
+each) and encoded from the tars in place, `xalign encode --dataset webdataset`'s path, the tar scan included;
+`webdataset_vs_folder` is its images/s over the folder pipeline's.
+
 `--tokens`: the forward and the pipeline also keep and store the image tokens (`xalign encode --tokens`,
 image side), and the pooled-only pipeline is measured too: `tokens_cost` = pooled-only pipeline images/s
 over the tokens pipeline's (1.0: storing tokens costs nothing).
 """
 
 import argparse
+import io
 import json
 import os
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +31,7 @@ from PIL import Image
 
 from encoding import cache
 from encoding.backbones import load_image_backbone
-from encoding.datasets import ImageRecord
+from encoding.datasets import ImageRecord, read_dataset
 from encoding.image_batches import ImageFiles, ShardPlan, collate, image_shards, to_device
 from encoding.runtime import autocast, resolve_device, resolve_precision, synchronize
 from encoding.token_packing import ImageTokens, check_image_tokens, image_tokens_for
@@ -67,6 +73,26 @@ def run_pipeline(records, model, plan: ShardPlan, device, precision, out: Path, 
     return time.perf_counter() - start
 
 
+def write_tars(records: list[ImageRecord], folder: Path, per_tar: int) -> Path:
+    """The JPEGs of `records` packed into tars of `per_tar` samples (`KEY.jpg`, `KEY.txt`) → their --root pattern."""
+    for number, first in enumerate(range(0, len(records), per_tar)):
+        with tarfile.open(folder / f"{number:05d}.tar", "w") as tar:
+            for record in records[first : first + per_tar]:
+                tar.add(record.path, arcname=f"{record.image_id}.jpg")
+                caption = tarfile.TarInfo(f"{record.image_id}.txt")
+                caption.size = len(text := f"image {record.image_id}".encode())
+                tar.addfile(caption, io.BytesIO(text))
+    return folder / "*.tar"
+
+
+def run_webdataset(root: Path, model, args, device, precision, out: Path, tokens: ImageTokens | None) -> float:
+    """Seconds for the tar scan (`read_dataset`) and the pipeline over the records it gives, one shard per tar."""
+    start = time.perf_counter()
+    records = read_dataset("webdataset", root)
+    plan = ShardPlan.of(records, args.shard_size, args.batch_size, args.num_workers)
+    return time.perf_counter() - start + run_pipeline(records, model, plan, device, precision, out, tokens)
+
+
 def run_forward(batches, model, device, precision, tokens: ImageTokens | None) -> float:
     """Seconds for the forward (+ normalise, copy back; tokens pooled and copied back) over preprocessed batches."""
     start = time.perf_counter()
@@ -88,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-model", default="timm:resnet18", help="any `xalign encode` image model spec")
     p.add_argument("--image-size", type=int, default=64, help="model input size (timm, open_clip); 0 = model's own")
     p.add_argument("--images", type=int, default=256, help="generated JPEGs to encode")
+    p.add_argument("--dataset", choices=["folder", "webdataset"], default="folder", help="webdataset: tars vs folder")
     p.add_argument("--repeats", type=int, default=2, help="alternating measurements of each loop; best kept")
     p.add_argument("--width", type=int, default=320, help="generated JPEG width (height = 3/4 of it)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -102,9 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def measure(args, model, records, batches, device, precision, out: Path, tokens: ImageTokens | None) -> dict:
-    """Best seconds of each loop over `--repeats` alternating runs, after a warm-up: forward, pipeline, and with
-    `tokens` also the pooled-only pipeline."""
+def measure(args, model, records, batches, device, precision, tmp: Path, tokens: ImageTokens | None) -> dict:
+    """Best seconds of each loop over `--repeats` alternating runs, after a warm-up: forward, pipeline, with
+    `tokens` also the pooled-only pipeline, with `--dataset webdataset` also the pipeline reading tars."""
+    out = tmp / "cache"
     plan = ShardPlan(args.shard_size, args.batch_size, args.num_workers)
     loops = {
         "forward": lambda: run_forward(batches, model, device, precision, tokens),
@@ -112,6 +140,9 @@ def measure(args, model, records, batches, device, precision, out: Path, tokens:
     }
     if tokens is not None:
         loops["pooled_pipeline"] = lambda: run_pipeline(records, model, plan, device, precision, out, None)
+    if args.dataset == "webdataset":
+        root = write_tars(records, tmp / "images", args.shard_size)
+        loops["webdataset"] = lambda: run_webdataset(root, model, args, device, precision, out, tokens)
     run_forward(batches[:2], model, device, precision, tokens)  # warm-up
     run_pipeline(records[: 2 * args.batch_size], model, plan, device, precision, out, tokens)  # warm-up
     best = dict.fromkeys(loops, float("inf"))
@@ -137,12 +168,15 @@ def main(argv=None) -> int:
         decoded = ImageFiles(records, model.preprocess)
         one_shard = ShardPlan(shard_size=len(records), batch_size=args.batch_size)
         batches = [collate([decoded[i] for i in batch]).pixels for batch in one_shard.batches([0], len(records))]
-        seconds = measure(args, model, records, batches, device, precision, tmp / "cache", tokens)
+        seconds = measure(args, model, records, batches, device, precision, tmp, tokens)
     result = {
         "pipeline_images_per_s": round(len(records) / seconds["pipeline"], 1),
         "forward_images_per_s": round(len(records) / seconds["forward"], 1),
         "pipeline_vs_forward": round(seconds["forward"] / seconds["pipeline"], 3),
     }
+    if args.dataset == "webdataset":
+        result["webdataset_images_per_s"] = round(len(records) / seconds["webdataset"], 1)
+        result["webdataset_vs_folder"] = round(seconds["pipeline"] / seconds["webdataset"], 3)
     if tokens is not None:
         result["pooled_pipeline_images_per_s"] = round(len(records) / seconds["pooled_pipeline"], 1)
         result["tokens_cost"] = round(seconds["pipeline"] / seconds["pooled_pipeline"], 3)
@@ -152,6 +186,7 @@ def main(argv=None) -> int:
         "precision": precision,
         "image_model": args.image_model,
         "image_size": args.image_size or None,
+        "dataset": args.dataset,
         "images": len(records),
         "jpeg_size": [args.width, args.width * 3 // 4],
         "batch_size": args.batch_size,

@@ -13,6 +13,14 @@ def test_batches_never_cross_a_shard_boundary():
     assert plan.batches([1], 7) == [[5, 6]]
 
 
+def test_a_shard_never_mixes_two_groups():
+    plan = ShardPlan(shard_size=3, batch_size=2, groups=(4, 0, 2))  # e.g. three tars, the second empty
+    assert plan.bounds(6) == [range(0, 3), range(3, 4), range(4, 6)]
+    assert plan.batches([0, 2], 6) == [[0, 1], [2], [4, 5]]
+    shard_of = plan.shard_of(6)
+    assert [shard_of(i) for i in range(6)] == [0, 0, 0, 1, 2, 2]
+
+
 def test_collate_stacks_the_decoded_and_lists_the_failures():
     items = [
         DecodedImage(4, torch.ones(3, 2, 2), "a"),
