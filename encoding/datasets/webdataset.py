@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import tarfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from PIL import Image
@@ -29,7 +30,8 @@ from encoding.safe_load import parse_json, shown
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 TEXT_EXTENSIONS = ("txt", "json", "cls")  # read during the scan
-TEXT_BYTES = 1 << 20  # a caption or json member larger than this is not a caption
+TEXT_BYTES = 1 << 20
+MAX_SCAN_PROCESSES = 8  # tars scanned at once  # a caption or json member larger than this is not a caption
 _BRACES = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(\d+)\.\.(\d+)$")
 _LOCATION = re.compile(r"^(?P<tar>.*)@(?P<offset>\d+):(?P<size>\d+)#(?P<member>.*)$")
@@ -166,16 +168,18 @@ def read_webdataset(root: Path, annotations: Path | None = None) -> list[ImageRe
     """Every sample of the tars `root` names (a brace/glob pattern); a key in two tars is `BadInput`."""
     if annotations is not None:
         raise BadInput(f"--annotations {annotations}: webdataset captions come from the tars; drop --annotations")
+    tars = tar_files(str(root))
     records, seen, unread = [], {}, set()
-    for path in tqdm(tar_files(str(root)), desc="scan tars", unit="tar", disable=None):
-        tar_records, tar_unread = read_tar(path)
-        unread |= tar_unread
-        for record in tar_records:
-            if record.image_id in seen:
-                other = seen[record.image_id]
-                raise BadInput(f"{path}: sample '{record.image_id}' is also in {other}; keys must be unique")
-            seen[record.image_id] = path
-            records.append(record)
+    with ProcessPoolExecutor(max_workers=min(len(tars), MAX_SCAN_PROCESSES, os.cpu_count() or 1)) as pool:
+        scans = tqdm(pool.map(read_tar, tars), total=len(tars), desc="scan tars", unit="tar", disable=None)
+        for path, (tar_records, tar_unread) in zip(tars, scans):
+            unread |= tar_unread
+            for record in tar_records:
+                if record.image_id in seen:
+                    other = seen[record.image_id]
+                    raise BadInput(f"{path}: sample '{record.image_id}' is also in {other}; keys must be unique")
+                seen[record.image_id] = path
+                records.append(record)
     if unread:
         log.warning(f"{root}: members with extensions {sorted(unread)} are not read (one image per sample)")
     return records
