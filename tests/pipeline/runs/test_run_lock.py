@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -80,19 +81,27 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(synthetic_cache, tmp_path
 
 
 def test_two_concurrent_trains_one_wins_the_other_names_it(synthetic_cache, tmp_path):
-    config = _config(tmp_path, synthetic_cache, epochs=100)  # the winner holds the lock for seconds
+    """The first train is paused (SIGSTOP) once it holds the lock, so the second meets it there however loaded
+    the machine is; resumed, the first finishes its run."""
+    config = _config(tmp_path, synthetic_cache)
     command = [sys.executable, "-m", "pipeline.cli", "train", str(config)]
-    runs = [
-        subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
-    outcomes = [(run, *run.communicate(timeout=300)) for run in runs]
-    codes = sorted(run.returncode for run, _, _ in outcomes)
-    assert codes == [0, 2], [err[-2000:] for _, _, err in outcomes]
-    winner = next(run for run, _, _ in outcomes if run.returncode == 0)
-    loser_err = next(err for run, _, err in outcomes if run.returncode == 2)
-    assert f"another process (pid {winner.pid}) is writing this run" in loser_err
-    assert "Traceback" not in loser_err
+    pipes = {"cwd": tmp_path, "env": ENV, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    winner = subprocess.Popen(command, **pipes)
+    lock = tmp_path / "results" / "x" / LOCK_FILE
+    deadline = time.time() + 120
+    while not (lock.is_file() and lock.read_text() == f"{winner.pid}\n") and winner.poll() is None:
+        assert time.time() < deadline, "the first train never took the lock"
+        time.sleep(0.01)
+    assert winner.poll() is None, "the first train ended before it was seen holding the lock"
+    winner.send_signal(signal.SIGSTOP)
+    try:
+        loser = subprocess.run(command, timeout=300, **pipes)
+    finally:
+        winner.send_signal(signal.SIGCONT)
+    _, winner_err = winner.communicate(timeout=300)
+    assert (winner.returncode, loser.returncode) == (0, 2), (winner_err[-2000:], loser.stderr[-2000:])
+    assert f"another process (pid {winner.pid}) is writing this run" in loser.stderr
+    assert "Traceback" not in loser.stderr
     assert (tmp_path / "results" / "x" / "metrics.json").is_file()
 
 
