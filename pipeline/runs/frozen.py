@@ -9,6 +9,7 @@ backbone cannot be rebuilt here (a hub name without a network) still embeds its 
 clear error naming the spec.
 """
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -24,18 +25,31 @@ from encoding.runtime import autocast
 from encoding.token_packing import ImageTokens, image_tokens_for
 
 BATCH = 64  # raw inputs per backbone forward
+log = logging.getLogger(f"xalign.{__name__}")
 
 
 def loaded(load, entry: dict, side: str, device: torch.device):
     """The backbone `load(spec, device)` of a metadata entry, or BadInput naming the spec."""
     spec = entry.get("spec")
     try:
-        return load(spec, device)
+        backbone = load(spec, device)
     except Exception as err:  # a missing hub model surfaces as OSError, ValueError, HTTP errors...
+        if entry.get("library") == "import":
+            raise BadInput(
+                f"the cache's {side} vectors were imported (`xalign import --{side}-model '{spec}'`) and '{spec}' "
+                f"does not load here as a backbone ({type(err).__name__}: {err}); raw {side} queries need the "
+                "encoder that made them, named by a spec `xalign encode` takes"
+            ) from err
         raise BadInput(
             f"the cache's {side} backbone '{spec}' cannot be loaded here ({type(err).__name__}: {err}); raw "
             f"{side} queries need it: put its weights at a local path and encode with that path as the spec"
         ) from err
+    if entry.get("library") == "import":
+        log.warning(
+            f"the cache's {side} vectors were imported; raw {side} queries go through '{spec}' as loaded here "
+            "(no prefix), which matches them only if that encoder made them the same way"
+        )
+    return backbone
 
 
 def as_stored(embeddings: torch.Tensor, entry: dict) -> torch.Tensor:
