@@ -17,6 +17,7 @@ from pipeline.logs import HELP, configure_logging, take_verbosity
 COMMANDS = {
     "demo": ("pipeline.commands.demo", "the main job on the embedded demo: encode, split, train, evaluate, plot"),
     "encode": ("encoding.commands.encode", "encode a dataset with frozen backbones into a cache"),
+    "import": ("encoding.commands.import_embeddings", "store embeddings made elsewhere as a cache"),
     "inspect": ("encoding.commands.inspect", "summarise a cache and verify its shards"),
     "split": ("encoding.commands.split", "write or verify leakage-free image-level splits"),
     "train": ("pipeline.commands.train", "train a head pair from a YAML config"),
@@ -60,12 +61,20 @@ def main(argv=None) -> int:
         return 2
     except SystemExit as exit_:  # argparse: --help exits 0, bad flags exit 2
         if exit_.code == 0:
-            print(f"\n{HELP}")  # below the command's own --help
+            try:
+                print(f"\n{HELP}", flush=True)  # below the command's own --help
+            except BrokenPipeError:  # `xalign CMD --help | head`
+                return closed_pipe()
         return exit_.code if isinstance(exit_.code, int) else 1
     except BrokenPipeError:
-        # Python's recommended handling: point stdout at devnull so the flush at exit cannot fail again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        return closed_pipe()
+
+
+def closed_pipe() -> int:
+    """Exit code 1 for a reader that closed stdout early. Python's recommended handling: point stdout at devnull
+    so the flush at exit cannot fail again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 1
 
 
 if __name__ == "__main__":

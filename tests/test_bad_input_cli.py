@@ -313,3 +313,10 @@ def test_inspect_into_a_closed_pipe_ends_quietly(prepared):
 def test_bench_help_exits_0(capsys):
     assert cli.main(["bench", "--help"]) == 0
     assert "train" in capsys.readouterr().out
+
+
+def test_help_into_a_closed_pipe_ends_quietly():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = f"{sys.executable} -m pipeline.cli import --help | true"
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env, timeout=120)
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr

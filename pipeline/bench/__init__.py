@@ -1,7 +1,8 @@
-"""`xalign bench {train,eval,encode,attention,search} [...]`: each prints one JSON object last on stdout.
+"""`xalign bench {train,eval,encode,attention,search,import} [...]`: each prints one JSON object last on stdout.
 
 Every benchmark measures after a warm-up; train and encode run their loops in one process, one after
-another; eval and attention run each size in a fresh subprocess, so that its peak memory is its own.
+another; eval and attention run each size in a fresh subprocess, so that its peak memory is its own, and
+import runs the import in one.
 """
 
 import importlib
@@ -18,6 +19,7 @@ BENCHMARKS = {
         "time and peak memory of token_transformer vs sparse_attention vs token count",
     ),
     "search": ("pipeline.bench.search", "faiss index vs exact search: single-query qps, latency, recall@10, memory"),
+    "import": ("pipeline.bench.imports", "xalign import from .npy: rows/s and peak memory as the input grows"),
 }
 
 
