@@ -59,6 +59,8 @@ class TrainingConfig:
     compile: bool = False
     eval_batch_size: int = 4096
     tensorboard: bool = False  # also log every epoch to results/<name>/tensorboard
+    optimizer: str = "adamw"  # adamw (torch) or lion (timm's Lion: sign updates, decoupled weight decay)
+    betas: list | None = None  # [β1, β2] of either optimizer; null: its own (AdamW [0.9, 0.999], Lion [0.9, 0.99])
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 A field's range is looked up by its name in `RANGES` (one table for every config section, head and
 loss: `dropout` means the same in all of them); string fields with a fixed vocabulary are in
-`CHOICES`. Errors are `BadInput` naming the dotted key, what was expected and what was given.
+`CHOICES`; list fields of a fixed length whose items share a range are in `TUPLES`. Errors are
+`BadInput` naming the dotted key, what was expected and what was given.
 A field whose type is a polymorphic section (a head's or a loss's options) is built as the class
 that `resolve_class(hint, values, key)` picks from the mapping's `type`.
 """
@@ -98,6 +99,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "epoch_sampling": ("image", "caption"),
     "precision": ("auto", "fp32", "fp16", "bf16"),
     "attention": ("self", "sparse"),
+    "optimizer": ("adamw", "lion"),  # pipeline.training.optimizers.OPTIMIZERS (a test keeps the two in step)
+}
+TUPLES: dict[str, tuple[int, Range]] = {
+    "betas": (2, PROBABILITY),  # (β1, β2) of the optimizer, each in [0, 1); null: the optimizer's own
 }
 
 
@@ -119,10 +124,23 @@ def check_value(name: str, value, key: str) -> None:
     """The range or choice check of field `name` (BadInput naming `key`); None and booleans pass."""
     if value is None or isinstance(value, bool):
         return
+    if name in TUPLES:
+        check_items(value, *TUPLES[name], key)
+        return
     if name in CHOICES and value not in CHOICES[name]:
         raise BadInput(f"config key '{key}': {shown(value)} is not one of {', '.join(CHOICES[name])}")
     if name in RANGES and isinstance(value, int | float) and value not in RANGES[name]:
         raise BadInput(f"config key '{key}': expected {RANGES[name]}, got {shown(value)}")
+
+
+def check_items(value, length: int, item: Range, key: str) -> None:
+    """A list of `length` numbers, each in `item` (BadInput naming `key`)."""
+    numbers = isinstance(value, list) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    if not numbers or len(value) != length:
+        raise BadInput(f"config key '{key}': expected a list of {length} numbers, got {shown(value)}")
+    for v in value:
+        if v not in item:
+            raise BadInput(f"config key '{key}': expected each item to be {item}, got {shown(value)}")
 
 
 def check_run_name(name: str, key: str = "name") -> str:
@@ -170,9 +188,11 @@ def build(cls, values, prefix: str = "", resolve_class: Callable | None = None):
 
 
 def fix_exponent_floats(values):
-    """YAML 1.1 reads `1e-4` as a string: such strings (nested too) become floats."""
+    """YAML 1.1 reads `1e-4` as a string: such strings (nested too, in lists too) become floats."""
     if isinstance(values, dict):
         return {k: fix_exponent_floats(v) for k, v in values.items()}
+    if isinstance(values, list):
+        return [fix_exponent_floats(v) for v in values]
     return parse_scalar(values) if isinstance(values, str) and values[:1].isdigit() else values
 
 

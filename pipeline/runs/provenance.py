@@ -106,17 +106,19 @@ def _flat(values: dict, prefix: str = "") -> dict:
 
 def check_resume(run_dir: Path, config, trained: dict, current: dict) -> None:
     """Refuse `--resume` on other data, or with a config that differs from the recorded one in any key
-    but `EXTENDABLE` (`data.cache` may move: the cache is compared by content)."""
+    but `EXTENDABLE` (`data.cache` may move: the cache is compared by content). A key the recorded config lacks
+    (added to the project after the run was saved) counts as its default."""
     way_out = "train a new run (another name) instead of resuming this one"
     check_same_cache(run_dir, trained, current, way_out)
     check_same_split(run_dir, trained, current, way_out)
     config_file = Path(run_dir) / "config.yaml"
     saved = _flat(read_yaml_mapping(config_file, "run config"))
     wanted = _flat(json.loads(json.dumps(config.to_dict())))  # as YAML reads it back: tuples become lists
+    defaults = _flat(json.loads(json.dumps(type(config)().to_dict())))  # a key added since the run was saved
     changed = sorted(
         key
         for key in saved.keys() | wanted.keys()
-        if saved.get(key) != wanted.get(key) and key not in EXTENDABLE and key != "data.cache"
+        if saved.get(key, defaults.get(key)) != wanted.get(key) and key not in EXTENDABLE and key != "data.cache"
     )
     if changed:
         details = ", ".join(f"{key}: {shown(saved.get(key))} -> {shown(wanted.get(key))}" for key in changed)

@@ -9,9 +9,10 @@ A mode subclasses `Trainer` and supplies its model and its step:
 - `encode_queries(text)` → (Q, D) embeddings of raw caption inputs (for inference timing; a mode whose
   queries are not pooled vectors overrides `query_search`, and one that re-ranks, `test_metrics`);
 - `checkpoint()` → the weights and what rebuilds the model; `load_weights(state, path)`.
-A step accumulates `training.accumulation_steps` micro-batches, clips the gradient norm, steps AdamW
-and the warmup + cosine schedule, then clamps the loss's learnable scale in place. Early stopping
-counts epochs without a better validation rsum from `training.min_epochs` on.
+A step accumulates `training.accumulation_steps` micro-batches, clips the gradient norm, steps the
+optimizer `training.optimizer` names (`training.optimizers`: adamw, lion) and the warmup + cosine schedule, then
+clamps the loss's learnable scale in place. Early stopping counts epochs without a better validation rsum
+from `training.min_epochs` on.
 """
 
 import json
@@ -40,6 +41,7 @@ from pipeline.training.checkpoint import (
     save_checkpoint,
 )
 from pipeline.training.distributed import from_rank0, start_distributed
+from pipeline.training.optimizers import build_optimizer
 
 CURVES_INTERVAL_S = 30  # training_curves.png is redrawn at most this often while training
 TIMED_QUERIES = 1000  # text queries of the inference timing in run_info.json
@@ -74,16 +76,6 @@ def cosine_with_warmup(warmup_steps: int, total_steps: int) -> Callable[[int], f
     return factor
 
 
-def parameter_groups(modules, weight_decay: float) -> list[dict]:
-    """AdamW groups: decay on matrices, none on biases, norms and scalar temperatures."""
-    decay, no_decay = [], []
-    for module in modules:
-        for p in module.parameters():
-            if p.requires_grad:
-                (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def epoch_record(epoch: int, train_loss: float, metrics: dict, lr: float, scale: float, seconds: float) -> dict:
     """One line of history.jsonl."""
     return {
@@ -113,9 +105,7 @@ class Trainer:
         torch.manual_seed(t.seed)
         self.model, self.loss = self.build()
         self.loss.to(self.device)
-        self.optimizer = torch.optim.AdamW(
-            parameter_groups([self.model, self.loss], t.weight_decay), lr=t.learning_rate
-        )
+        self.optimizer = build_optimizer(t, [self.model, self.loss])
         self.micro_batches = self.micro_batches_per_epoch()
         self.steps_per_epoch = math.ceil(self.micro_batches / t.accumulation_steps)
         schedule = cosine_with_warmup(t.warmup_steps, self.steps_per_epoch * t.num_epochs)
@@ -164,7 +154,7 @@ class Trainer:
         self.model.train(), self.loss.train()
 
     def optimizer_step(self) -> None:
-        """Clip, step AdamW and the schedule, clear the gradients, clamp the loss's scale in place."""
+        """Clip, step the optimizer and the schedule, clear the gradients, clamp the loss's scale in place."""
         if self.config.training.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]

@@ -99,6 +99,18 @@ def test_resume_with_another_learning_rate_is_refused_but_more_epochs_are_not(wo
     assert cli.main(["train", "results/r/config.yaml", "--resume", "--set", "training.num_epochs=3"]) == 0
 
 
+def test_a_run_saved_before_a_key_existed_resumes_with_its_default(work):
+    config = work / "results/r/config.yaml"
+    saved = config.read_text()
+    lines = [line for line in saved.splitlines(keepends=True) if not line.strip().startswith(("optimizer:", "betas:"))]
+    assert len(lines) == len(saved.splitlines()) - 2
+    config.write_text("".join(lines))
+    try:
+        assert cli.main(["train", str(config), "--resume", "--set", "training.num_epochs=3"]) == 0
+    finally:
+        config.write_text(saved)
+
+
 def test_a_new_split_needs_force_and_then_evaluate_needs_allow_new_split(work, capsys):
     before = (work / "cache/splits.json").read_bytes()
     _refused(["split", "cache", "--seed", "1"], capsys, r"splits\.json: exists; .*--force")
