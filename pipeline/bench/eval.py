@@ -12,13 +12,13 @@ flat in the gallery size. Prints a table, then one JSON object last on stdout.
 import argparse
 import json
 import resource
-import subprocess
 import sys
 
 import torch
 
 from encoding.errors import BadInput
 from encoding.runtime import resolve_device, timed
+from pipeline.bench.fresh_process import fresh_process_result
 from pipeline.evaluation import metrics
 
 DEFAULT_SIZES = ((5_000, 25_000), (25_000, 125_000))
@@ -83,10 +83,7 @@ def run_size(num_images: int, num_captions: int, args) -> dict:
     argv = [sys.executable, "-m", "pipeline.bench.eval", "--worker", "--images", str(num_images)]
     argv += ["--captions", str(num_captions), "--dim", str(args.dim), "--device", args.device]
     argv += ["--repeats", str(args.repeats)] + (["--threads", str(args.threads)] if args.threads else [])
-    done = subprocess.run(argv, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"bench eval worker failed for {num_images} x {num_captions}:\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return fresh_process_result(argv, f"bench eval worker for {num_images} x {num_captions}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,6 @@ import argparse
 import json
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from encoding.errors import BadInput
+from pipeline.bench.fresh_process import fresh_process_result
 
 CHUNK_ROWS = 100_000
 
@@ -96,10 +96,7 @@ def measure(folder: Path, shard_size: int) -> dict:
 def run_import(folder: Path, shard_size: int) -> dict:
     """`measure` in a fresh subprocess, so that its peak RSS is its own."""
     argv = [sys.executable, "-m", "pipeline.bench.imports", "--worker", str(folder), "--shard-size", str(shard_size)]
-    done = subprocess.run(argv, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"bench import worker failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return fresh_process_result(argv, "bench import worker")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,6 @@ Prints one JSON object last.
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from encoding import cache
 from encoding.errors import BadInput
 from encoding.runtime import timed
+from pipeline.bench.fresh_process import fresh_process_result
 from pipeline.config.experiment import from_dict
 from pipeline.data.split_tensors import load_splits
 from pipeline.training.choice import trainer_for
@@ -120,8 +120,7 @@ def token_mb(cache_dir: Path) -> float:
 def streamed_epoch_peak_rss(cache_dir: Path, args) -> float:
     """Peak RSS (MB) of a fresh process training one streamed epoch on `cache_dir`."""
     argv = [sys.executable, "-m", "pipeline.bench.tokens", "--rss-child", str(cache_dir), *args.passed]
-    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
+    return fresh_process_result(argv, "bench train --tokens peak-memory worker")["peak_rss_mb"]
 
 
 def build_parser() -> argparse.ArgumentParser:
