@@ -150,13 +150,17 @@ def _field(meta: dict, key: str):
 
 
 def _difference(key: str, stored, wanted) -> tuple[str, object, object] | None:
-    """(dotted key, stored value, wanted value) of the first difference, inside nested dicts; None if equal."""
+    """(dotted key, stored value, wanted value) of the first difference, inside nested dicts and lists of one
+    length; None if equal."""
     if stored == wanted:
         return None
     if isinstance(stored, dict) and isinstance(wanted, dict):
         sub = next(k for k in [*wanted, *stored] if k not in stored or k not in wanted or stored[k] != wanted[k])
         inner = (f"{key}.{sub}", stored.get(sub), wanted.get(sub))
         return _difference(*inner) or inner  # `or`: a key missing on one side and None on the other
+    if isinstance(stored, list) and isinstance(wanted, list) and len(stored) == len(wanted):
+        i = next(i for i, (a, b) in enumerate(zip(stored, wanted)) if a != b)
+        return _difference(f"{key}[{i}]", stored[i], wanted[i])
     return key, stored, wanted
 
 
