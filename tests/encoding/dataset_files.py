@@ -147,24 +147,31 @@ def add_member(tar, name: str, data: bytes) -> None:
 
 
 def webdataset(tmp: Path, num_tars: int = 3, per_tar: int = 4) -> tuple[Path, Path, Path]:
-    """(tar directory, image folder, rows.jsonl): img2dataset-style tars `00000.tar`, ... (`KEY.png` or `KEY.jpg`,
-    `KEY.txt`, `KEY.json`; every third sample lists two captions in its json, the second one a paraphrase) and the
-    same images and captions as a folder dataset whose image ids are the same keys."""
+    """(tar directory, image folder, rows.jsonl): the demo's scenes as img2dataset-style tars `00000.tar`, ...
+    (`KEY.png`, or `KEY.jpg` for every second one; `KEY.txt` its first caption; `KEY.json`, where every third
+    sample lists its first two captions) and the same images and captions as a folder dataset whose image ids are
+    the same keys."""
     import tarfile
 
+    from encoding.datasets.demo import CAPTIONS, build_demo
+
+    build_demo(tmp / "demo", num_images=num_tars * per_tar)
+    scenes = [json.loads(line) for line in (tmp / "demo" / CAPTIONS).read_text().splitlines()]
     tars, images, rows = tmp / "shards", tmp / "images", []
     tars.mkdir(parents=True)
+    images.mkdir()
     for t in range(num_tars):
         with tarfile.open(tars / f"{t:05d}.tar", "w") as tar:
             for i in range(per_tar):
-                key, seed = f"{t:05d}{i:04d}", t * per_tar + i
-                image = write_image(images / f"{key}.{'jpg' if i % 2 else 'png'}", seed, size=(28 + i, 24))
-                captions = [caption(seed, 0)] + ([caption(seed, 1)] if seed % 3 == 0 else [])
+                key, number = f"{t:05d}{i:04d}", t * per_tar + i
+                image = images / f"{key}.{'jpg' if i % 2 else 'png'}"
+                Image.open(tmp / "demo" / scenes[number]["path"]).save(image)
+                captions = scenes[number]["captions"][: 2 if number % 3 == 0 else 1]
                 add_member(tar, image.name, image.read_bytes())
                 add_member(tar, f"{key}.txt", captions[0].encode())
                 meta = {"key": key, "url": f"http://example.com/{key}", "status": "success"}
                 add_member(
-                    tar, f"{key}.json", json.dumps(meta | ({"captions": captions} if seed % 3 == 0 else {})).encode()
+                    tar, f"{key}.json", json.dumps(meta | ({"captions": captions} if number % 3 == 0 else {})).encode()
                 )
                 rows += [{"image": image.name, "caption": text} for text in captions]
     (tmp / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -1,5 +1,5 @@
-"""`xalign encode --dataset webdataset`: img2dataset tars read in place, the same cache as the images as a folder,
-one cache shard per tar (resumed and shared out by tar), and bad tars refused naming the tar and key."""
+"""`xalign encode --dataset webdataset`: img2dataset tars of the demo's scenes read in place, the same cache as the
+images as a folder, one cache shard per tar (resumed and shared out by tar), bad tars refused naming tar and key."""
 
 import tarfile
 
@@ -55,7 +55,7 @@ def test_tars_encode_to_the_embeddings_of_the_same_images_as_a_folder(shards, en
         np.testing.assert_array_equal(got["captions/embeddings"], want["captions/embeddings"])
     arrays = cache.load_cache(encoded)
     assert all(path.startswith("tar://") for path in arrays.image_paths)
-    assert open_image(arrays.image_paths[5]).size == (29, 24)  # the stored path opens the image in place
+    assert open_image(arrays.image_paths[5]).size == (64, 64)  # the stored path opens the image in place
 
 
 def test_a_rerun_reads_only_the_unfinished_tars(shards, encoded, tmp_path, monkeypatch):
