@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.losses import LOSSES, ScaledLoss
-from pipeline.losses.clip import ClipOptions, symmetric_cross_entropy
+from pipeline.losses.clip import ClipOptions, symmetric_infonce
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,6 @@ class AlignLoss(ScaledLoss):
         self.label_smoothing, self.hard_negative_beta = options.label_smoothing, options.hard_negative_beta
 
     def forward(self, image_features, text_features, image_ids=None) -> torch.Tensor:
-        cosine = image_features @ text_features.T
-        return symmetric_cross_entropy(
-            cosine, self.scale(), image_ids, self.hard_negative_beta, label_smoothing=self.label_smoothing
+        return symmetric_infonce(
+            image_features, text_features, self.scale(), image_ids, self.hard_negative_beta, self.label_smoothing
         )
