@@ -4,8 +4,8 @@ streamed from the HDF5 shards.
 A `TokenSource` gives the tokens of a split's rows: `images(rows)` → (k, T, D) float16 and
 `captions(rows)` → (k, L, D') float16 with a (k, L) bool mask, captions padded to the longest of the
 rows asked for. `InMemoryTokens` holds the whole split (read once); `ShardTokens` reads each request
-from the shards, a contiguous slab per shard (or the picked rows when they are sparse in it), so its
-memory is that of the request whatever the cache size. `token_source` picks one: in memory when the
+from the shards, a contiguous slab per run of nearby rows (the chunked shuffle's runs), so its memory
+is that of the request whatever the cache size. `token_source` picks one: in memory when the
 split's tokens take at most `MEMORY_SHARE` of the available RAM, streamed otherwise (or as
 `data.stream` says).
 """
@@ -25,8 +25,8 @@ from pipeline.data.split_tensors import SplitTensors
 
 MEMORY_SHARE = 0.5  # a split's tokens are held in memory when they take at most this share of the available RAM
 DATASETS = {"images/tokens": (3, "f"), "captions/tokens": (3, "f"), "captions/token_mask": (2, "b")}  # ndim, kind
-SLAB_DENSITY = 0.1  # read a shard's whole row range when at least this share of it is wanted (h5py picking rows
-# costs more than reading 10x the rows contiguously: streamed_vs_memory 0.31 -> 0.69 at 1 caption in 5), else pick
+RUN_GAP = 16  # wanted rows at most this far apart are read as one contiguous slab (h5py picking single rows costs
+# more than reading a few rows too many); farther apart, as separate slabs
 
 
 @dataclass(frozen=True)
@@ -122,12 +122,10 @@ class ShardTokens:
         for shard in np.unique(shards):
             picked = wanted[shards == shard] - starts[shard]
             dataset = self._dataset(int(shard), name)
-            first, last = int(picked[0]), int(picked[-1]) + 1
-            if len(picked) >= SLAB_DENSITY * (last - first):
-                parts.append(dataset[first:last][picked - first])
-            else:
-                unique, inverse = np.unique(picked, return_inverse=True)
-                parts.append(dataset[unique][inverse])
+            breaks = np.flatnonzero(np.diff(picked) > RUN_GAP) + 1
+            for run in np.split(picked, breaks):  # runs of nearby rows: one contiguous read each
+                first, last = int(run[0]), int(run[-1]) + 1
+                parts.append(dataset[first:last][run - first])
             positions.append(order[shards == shard])
         return parts, np.concatenate(positions)
 
