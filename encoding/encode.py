@@ -118,9 +118,13 @@ class EncodeJob:
     precision: str
     rank: int
     world: int
-    num_shards: int
+    plan: ShardPlan  # how the records are cut into shards (`EncodeRequest.plan`)
     optional: frozenset[str]  # "labels" / "splits" when every record has one
     tokens: TokenLayout | None  # with --tokens: what each image and caption stores
+
+    @property
+    def num_shards(self) -> int:
+        return self.plan.num_shards(len(self.records))
 
 
 def encode_texts(texts: list[str], text_model, prefix: str, batch_size: int, device, precision) -> torch.Tensor:
@@ -191,7 +195,8 @@ def prepare(request: EncodeRequest) -> EncodeJob:
     device = resolve_device(request.device, local_rank)
     precision = resolve_precision(request.precision, device)
     image_model, text_model, prefix = load_models(request, device, precision)
-    num_shards = request.plan(records).num_shards(len(records))
+    plan = request.plan(records)
+    num_shards = plan.num_shards(len(records))
     tokens = token_layout(image_model, text_model, request.image_tokens) if request.tokens else None
     header = {
         **request.header(),
@@ -205,9 +210,7 @@ def prepare(request: EncodeRequest) -> EncodeJob:
         for name, attribute in (("labels", "label"), ("splits", "split"))
         if all(getattr(r, attribute) is not None for r in records)
     )
-    return EncodeJob(
-        records, image_model, text_model, prefix, device, precision, rank, world, num_shards, optional, tokens
-    )
+    return EncodeJob(records, image_model, text_model, prefix, device, precision, rank, world, plan, optional, tokens)
 
 
 def model_entries(request: EncodeRequest, image_model, text_model, prefix: str, tokens: TokenLayout | None) -> dict:
@@ -258,15 +261,14 @@ def encode_cache(request: EncodeRequest) -> dict:
     once (rank 0).
     """
     job = prepare(request)
-    plan = request.plan(job.records)
     done = cache.finished_shards(request.out)
     todo = [i for i in range(job.num_shards) if i % job.world == job.rank and i not in done]
-    bounds = plan.bounds(len(job.records))
+    bounds = job.plan.bounds(len(job.records))
     total = sum(len(bounds[i]) for i in todo)
     desc = f"encode rank {job.rank}" if job.world > 1 else "encode"
     with tqdm(total=total, unit="img", desc=desc, disable=None) as progress:
         tokens = job.tokens.image if job.tokens else None
-        shards = image_shards(job.records, todo, job.image_model, plan, job.device, job.precision, progress, tokens)
+        shards = image_shards(job.records, todo, job.image_model, job.plan, job.device, job.precision, progress, tokens)
         for shard in shards:
             data = build_shard(job, shard, request.batch_size)
             cache.record_shard(request.out, cache.write_shard(request.out, shard.index, data, dtype=request.dtype))

@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from encoding.errors import BadInput
 from encoding.imports import IMPORTS, ImportSource, require_rows, string_column
-from encoding.imports.embedding_files import RowArrays, open_npy
+from encoding.imports.embedding_files import RowArrays, file_row, open_npy
 from encoding.imports.tables import read_table
 
 LAYOUT = (("img_emb", "img_emb_{}.npy"), ("text_emb", "text_emb_{}.npy"), ("metadata", "metadata_{}.parquet"))
@@ -55,8 +55,7 @@ def read_clip_retrieval(root: Path) -> ImportSource:
     metadata = [m for *_, m in files]
 
     def locate(row: int) -> str:
-        i = int(np.searchsorted(starts, row, side="right")) - 1
-        return f"{metadata[i]} row {row - starts[i]}"
+        return file_row(metadata, starts, row)
 
     try:
         table = pa.concat_tables(tables, promote_options="permissive")

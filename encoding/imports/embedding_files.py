@@ -188,6 +188,12 @@ def open_embeddings(path: Path, suffixes: tuple[str, ...]) -> EmbeddingFile:
     return OPENERS[path.suffix](path)
 
 
+def file_row(paths: list[Path], starts: np.ndarray, row: int) -> str:
+    """'FILE row R' of global `row` over files whose rows start at `starts` (R counted from 0 in that file)."""
+    i = int(np.searchsorted(starts, row, side="right")) - 1
+    return f"{paths[i]} row {row - starts[i]}"
+
+
 class RowArrays:
     """The rows of one side across files: file i holds the global rows `starts[i]:starts[i + 1]`."""
 
@@ -206,8 +212,7 @@ class RowArrays:
 
     def locate(self, row: int) -> str:
         """'FILE row R' of global `row` (R counted from 0 in that file)."""
-        i = int(np.searchsorted(self.starts, row, side="right")) - 1
-        return f"{self.files[i].path} row {row - self.starts[i]}"
+        return file_row([f.path for f in self.files], self.starts, row)
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """(k, D) float32 of global `rows`, in the given order; files are read in ascending row order (a run of

@@ -137,10 +137,10 @@ def unit(vectors: np.ndarray) -> np.ndarray:
     return vectors
 
 
-def check_same_image(source: ImportSource, ids: list, rows: np.ndarray, vectors: np.ndarray, counts) -> None:
-    """`BadInput` naming the id and two rows when an image's rows (`rows`, grouped, `counts` per image) carry
-    image embeddings (`vectors`, unit) more than `SAME_IMAGE_TOLERANCE` apart."""
-    first = np.repeat(np.cumsum(counts) - counts, counts)  # position of each row's image's first row
+def check_same_image(source: ImportSource, ids: list, rows: np.ndarray, vectors: np.ndarray, counts, firsts) -> None:
+    """`BadInput` naming the id and two rows when an image's rows (`rows`, grouped: `counts` per image, starting
+    at `firsts`) carry image embeddings (`vectors`, unit) more than `SAME_IMAGE_TOLERANCE` apart."""
+    first = np.repeat(firsts, counts)  # position of each row's image's first row
     for a in range(0, len(rows), 8192):
         gap = np.abs(vectors[a : a + 8192] - vectors[first[a : a + 8192]]).max(axis=1)
         bad = np.flatnonzero(gap > SAME_IMAGE_TOLERANCE)
@@ -154,12 +154,11 @@ def check_same_image(source: ImportSource, ids: list, rows: np.ndarray, vectors:
             )
 
 
-def image_labels(source: ImportSource, ids: list, rows: np.ndarray, counts: np.ndarray) -> np.ndarray | None:
+def image_labels(source: ImportSource, ids: list, rows: np.ndarray, counts, firsts) -> np.ndarray | None:
     """(n,) int64 label of each image, from its rows; `BadInput` when the rows of one image disagree."""
     if source.labels is None:
         return None
     labels = source.labels[rows]
-    firsts = np.cumsum(counts) - counts
     bad = np.flatnonzero(labels != np.repeat(labels[firsts], counts))
     if len(bad):
         image = np.searchsorted(np.cumsum(counts), bad[0], side="right")
@@ -170,14 +169,14 @@ def image_labels(source: ImportSource, ids: list, rows: np.ndarray, counts: np.n
     return labels[firsts]
 
 
-def shard_images(source: ImportSource, ids: list, rows: np.ndarray, counts: np.ndarray, normalize: bool):
+def shard_images(source: ImportSource, ids: list, rows: np.ndarray, counts, firsts, normalize: bool):
     """(n, D_img) float32 image embeddings of a shard, the first row of each image, checked against its other rows."""
     if len(rows) == len(counts):  # one row per image: nothing to compare
         images = source.images.take(rows)
     else:
         vectors = source.images.take(rows)
-        images = vectors[np.cumsum(counts) - counts]
-        check_same_image(source, ids, rows, unit(vectors), counts)
+        images = vectors[firsts]
+        check_same_image(source, ids, rows, unit(vectors), counts, firsts)
     source.images.release()
     return unit(images) if normalize else images
 
@@ -189,7 +188,7 @@ def build_shard(source: ImportSource, groups: Groups, index: int, shard_size: in
     counts = np.diff(groups.starts[a : b + 1])
     firsts = np.cumsum(counts) - counts
     ids = groups.ids[a:b].to_pylist()
-    images = shard_images(source, ids, rows, counts, normalize[0])
+    images = shard_images(source, ids, rows, counts, firsts, normalize[0])
     texts = source.texts.take(rows)
     source.texts.release()
     return cache.ShardData(
@@ -199,7 +198,7 @@ def build_shard(source: ImportSource, groups: Groups, index: int, shard_size: in
         caption_image_ids=np.repeat(np.asarray(ids, dtype=object), counts).tolist(),
         caption_embeddings=unit(texts) if normalize[1] else texts,
         caption_text=source.captions.take(pa.array(rows)).to_pylist(),
-        image_labels=image_labels(source, ids, rows, counts),
+        image_labels=image_labels(source, ids, rows, counts, firsts),
     )
 
 
