@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from encoding.errors import BadInput
 from pipeline.bench.fresh_process import fresh_process_result
@@ -51,7 +52,7 @@ def generate(folder: Path, rows: int, dim_image: int, dim_text: int, per_image: 
         _npy_writer(files["texts"], rows, dim_text) as texts,
         pq.ParquetWriter(files["pairs"], schema) as pairs,
     ):
-        for start in range(0, rows, chunk):
+        for start in tqdm(range(0, rows, chunk), desc="write inputs", unit="chunk", disable=None):
             n = min(chunk, rows - start)
             first = start // per_image
             owners = np.arange(start, start + n) // per_image
