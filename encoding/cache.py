@@ -55,12 +55,12 @@ class CacheArrays:
     """A cache (or a subset of its images) in memory. N images, M captions."""
 
     image_ids: np.ndarray  # (N,) str
-    image_embeddings: np.ndarray  # (N, D_img)
     image_paths: np.ndarray  # (N,) str
     caption_image_ids: np.ndarray  # (M,) str
-    caption_embeddings: np.ndarray  # (M, D_txt)
-    caption_text: np.ndarray  # (M,) str
     caption_image_index: np.ndarray  # (M,) int64, row of each caption's image
+    image_embeddings: np.ndarray | None = None  # (N, D_img); None in an index (`Cache.arrays(inputs=False)`)
+    caption_embeddings: np.ndarray | None = None  # (M, D_txt); likewise
+    caption_text: np.ndarray | None = None  # (M,) str; likewise
     image_labels: np.ndarray | None = None  # (N,) int64
     image_splits: np.ndarray | None = None  # (N,) str
     image_pixel_sha1: np.ndarray | None = None  # (N,) str
@@ -76,16 +76,17 @@ class CacheArrays:
         keep_captions = keep_images[self.caption_image_index]
         new_row = np.cumsum(keep_images) - 1
         optional = {
-            name: None if (value := getattr(self, name)) is None else value[keep_images]
-            for name in ("image_labels", "image_splits", "image_pixel_sha1")
+            name: None if (value := getattr(self, name)) is None else value[keep]
+            for names, keep in (
+                (("image_labels", "image_splits", "image_pixel_sha1", "image_embeddings"), keep_images),
+                (("caption_embeddings", "caption_text"), keep_captions),
+            )
+            for name in names
         }
         return CacheArrays(
             image_ids=self.image_ids[keep_images],
-            image_embeddings=self.image_embeddings[keep_images],
             image_paths=self.image_paths[keep_images],
             caption_image_ids=self.caption_image_ids[keep_captions],
-            caption_embeddings=self.caption_embeddings[keep_captions],
-            caption_text=self.caption_text[keep_captions],
             caption_image_index=new_row[self.caption_image_index[keep_captions]].astype(np.int64),
             **optional,
         )
@@ -273,13 +274,15 @@ class Cache:
         """`splits.json`, read and checked once (`read_splits`)."""
         return read_splits(self.dir)
 
-    def arrays(self, dtype=np.float32) -> CacheArrays:
+    def arrays(self, dtype=np.float32, inputs: bool = True) -> CacheArrays:
         """Every shard read into contiguous arrays (embeddings as `dtype`), read anew on each call; `BadInput` on
         a missing dataset, row counts or dims other than the metadata's, non-finite embeddings, or a caption
-        whose image is not in the cache."""
+        whose image is not in the cache. Without `inputs`, the index only: no embeddings, no caption text
+        (`encoding.shard_rows` reads those for chosen rows)."""
         parts: dict[str, list] = {}
         for shard in self.shards:
-            for name, value in checks.read_shard(self.dir / shard["file"], shard, self.meta, dtype).items():
+            read = checks.read_shard(self.dir / shard["file"], shard, self.meta, dtype, inputs)
+            for name, value in read.items():
                 parts.setdefault(name, []).append(value)
         for name, values in parts.items():
             if len(values) != len(self.shards):  # an optional column (labels, ...) in some shards only

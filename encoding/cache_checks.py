@@ -201,13 +201,13 @@ def check_rows(path: Path, key: str, values: np.ndarray, expected: int, count_ke
         raise BadInput(f"{path}: '{key}' has {len(values)} rows, metadata.json's {count_key} is {expected}")
 
 
-def check_embeddings(path: Path, key: str, values: np.ndarray, dim: int, dim_key: str) -> None:
-    """Refuse (n, D) embeddings that are not floats, not `dim` wide, or hold NaN or inf."""
+def check_embeddings(path: Path, key: str, values: np.ndarray, dim: int, dim_key: str, finite: bool = True) -> None:
+    """Refuse (n, D) embeddings that are not floats, not `dim` wide, or (when `finite`) hold NaN or inf."""
     if values.dtype.kind != "f" or values.ndim != 2:
         raise BadInput(f"{path}: '{key}' is {values.dtype} of shape {values.shape}, expected (n, {dim}) floats")
     if values.shape[1] != dim:
         raise BadInput(f"{path}: '{key}' has dim {values.shape[1]}, metadata.json's {dim_key} is {dim}")
-    bad_rows = np.flatnonzero(~np.isfinite(values).all(axis=1))
+    bad_rows = np.flatnonzero(~np.isfinite(values).all(axis=1)) if finite else ()
     if len(bad_rows):
         raise BadInput(
             f"{path}: '{key}' has {len(bad_rows)} of {len(values)} rows with NaN or inf "
@@ -215,14 +215,22 @@ def check_embeddings(path: Path, key: str, values: np.ndarray, dim: int, dim_key
         )
 
 
-def read_shard(path: Path, entry: dict, meta: dict, dtype) -> dict[str, np.ndarray]:
-    """One shard's columns by CacheArrays field (embeddings as `dtype`), checked against its metadata entry."""
+INPUT_COLUMNS = ("images/embeddings", "captions/embeddings", "captions/text")  # left out of a shard's index
+
+
+def read_shard(path: Path, entry: dict, meta: dict, dtype, inputs: bool = True) -> dict[str, np.ndarray]:
+    """One shard's columns by CacheArrays field (embeddings as `dtype`), checked against its metadata entry.
+    Without `inputs`, the index only: embeddings and caption text are not read (their shapes are checked)."""
     with open_shard(path) as f:
         fields = {
             name: (key, read_column(f, path, key, strings))
             for name, key, strings, required in COLUMNS
-            if required or key in f
+            if (required or key in f) and (inputs or key not in INPUT_COLUMNS)
         }
+        if not inputs:
+            for key in INPUT_COLUMNS:
+                column = f[key] if key in f else read_column(f, path, key)
+                fields[key] = (key, np.broadcast_to(np.zeros((), column.dtype), column.shape))  # shape only
         if has_tokens(meta):
             check_token_datasets(f, path, entry, meta)
     for key, value in fields.values():
@@ -230,10 +238,11 @@ def read_shard(path: Path, entry: dict, meta: dict, dtype) -> dict[str, np.ndarr
         count = "num_images" if side == "image" else "num_captions"
         check_rows(path, key, value, entry[count], f"shards[{entry['index']}].{count}")
         if key.endswith("/embeddings"):
-            check_embeddings(path, key, value, meta[f"{side}_model"]["dim"], f"{side}_model.dim")
+            check_embeddings(path, key, value, meta[f"{side}_model"]["dim"], f"{side}_model.dim", finite=inputs)
     return {
         name: value.astype(dtype, copy=False) if key.endswith("/embeddings") else value
         for name, (key, value) in fields.items()
+        if name not in INPUT_COLUMNS
     }
 
 

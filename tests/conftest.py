@@ -85,6 +85,7 @@ def write_synthetic_cache(
     seed: int = 0,
     labels: bool = True,
     tokens: tuple[int, int] | None = None,
+    dtype: str = "float32",
 ) -> Path:
     """A complete cache whose captions are noisy linear images of their image's embedding.
 
@@ -104,7 +105,7 @@ def write_synthetic_cache(
             "image_model": {
                 "spec": "synthetic:image",
                 "dim": image_dim,
-                "dtype": "float32",
+                "dtype": dtype,
                 "normalized": False,
                 "weights": "none",
                 **({} if tokens is None else {"token_dim": image_dim, "num_tokens": tokens[0]}),
@@ -112,7 +113,7 @@ def write_synthetic_cache(
             "text_model": {
                 "spec": "synthetic:text",
                 "dim": text_dim,
-                "dtype": "float32",
+                "dtype": dtype,
                 "normalized": False,
                 "weights": "none",
                 **({} if tokens is None else {"token_dim": text_dim, "max_tokens": tokens[1]}),
@@ -142,7 +143,7 @@ def write_synthetic_cache(
             data.image_tokens, data.caption_tokens, data.caption_token_mask = synthetic_tokens(
                 rng, images[list(rows)], text, *tokens
             )
-        cache.record_shard(cache_dir, cache.write_shard(cache_dir, s, data, dtype="float32"))
+        cache.record_shard(cache_dir, cache.write_shard(cache_dir, s, data, dtype=dtype))
     return Path(cache_dir)
 
 

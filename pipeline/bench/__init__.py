@@ -1,8 +1,8 @@
-"""`xalign bench {train,eval,encode,attention,search,import} [...]`: each prints one JSON object last on stdout.
+"""`xalign bench {train,eval,encode,attention,search,import,scale} [...]`: each prints one JSON object last on stdout.
 
 Every benchmark measures after a warm-up; train and encode run their loops in one process, one after
-another; eval and attention run each size in a fresh subprocess, so that its peak memory is its own, and
-import runs the import in one.
+another; eval and attention run each size in a fresh subprocess, so that its peak memory is its own, import
+runs the import in one, and scale runs each command in one.
 """
 
 import importlib
@@ -20,6 +20,7 @@ BENCHMARKS = {
     ),
     "search": ("pipeline.bench.search", "faiss index vs exact search: single-query qps, latency, recall@10, memory"),
     "import": ("pipeline.bench.imports", "xalign import from .npy: rows/s and peak memory as the input grows"),
+    "scale": ("pipeline.bench.scale", "split, one streamed epoch and evaluate on millions of captions: time, memory"),
 }
 
 

@@ -4,7 +4,8 @@ Three loops in one process over the same synthetic in-memory cache and the same 
 after a warm-up: the engine (`HeadTrainer.train_epoch`: index permutation, batch gather, step), the
 limit (`HeadTrainer.train_step` on one batch prepared beforehand), and the naive loop (a per-sample
 Dataset behind a shuffled DataLoader, collated each step). Prints one JSON object last.
-`--tokens` runs the token-head benchmark instead (`pipeline.bench.tokens`).
+`--stream` (pooled heads) and `--tokens` (token heads) run the streamed-vs-in-memory benchmark instead
+(`pipeline.bench.streaming`).
 """
 
 import argparse
@@ -66,16 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps before each loop")
     p.add_argument("--device", default="auto")
     p.add_argument("--head", default="mlp", help="model.type of the head pair")
+    p.add_argument("--stream", action="store_true", help="pooled heads: streamed vs in-memory (see its own --help)")
     p.add_argument("--tokens", action="store_true", help="token heads: streamed vs in-memory (see its own --help)")
     return p
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if "--tokens" in argv:
-        from pipeline.bench import tokens
+    if "--tokens" in argv or "--stream" in argv:
+        from pipeline.bench import streaming
 
-        return tokens.main(argv)
+        return streaming.main(argv)
     args = build_parser().parse_args(argv)
     if min(args.images, args.captions, args.batch_size, args.steps) < 1:
         raise BadInput("bench train: --images, --captions, --batch-size and --steps must be >= 1")

@@ -36,7 +36,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class HeadDataConfig(DataConfig):
-    stream: bool | None = None  # token heads: stream tokens from the shards (None: only when they do not fit in memory)
+    stream: bool | None = (
+        None  # stream the train inputs from the shards (None: only when they exceed the memory budget)
+    )
 
 
 @dataclass(frozen=True)
@@ -115,10 +117,6 @@ def check_pairing(config: ExperimentConfig) -> ExperimentConfig:
     if needed is None and pair_heads:
         raise BadInput(
             f"config key 'loss.type': loss '{loss}' trains {', '.join(pair_heads)}, not '{config.model.type}'"
-        )
-    if config.data.stream is not None and not heads.takes_tokens(config.model):
-        raise BadInput(
-            f"config key 'data.stream': streams token inputs; head '{config.model.type}' reads pooled vectors"
         )
     return config
 

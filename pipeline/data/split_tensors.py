@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from encoding import cache
+from encoding import cache, cache_checks
 from encoding.cache import Cache, open_cache
 from encoding.errors import BadInput
+from encoding.shard_rows import ShardRows
 from encoding.split import find_leaks
 
 log = logging.getLogger(f"xalign.{__name__}")
@@ -19,32 +20,48 @@ GPU_MEMORY_SHARE = 0.5  # a split goes to the GPU when it takes at most this sha
 
 @dataclass
 class SplitTensors:
-    """One split in memory. N images, M captions."""
+    """One split: its index in memory, its pooled embeddings and caption text in memory once read
+    (`loaded`; a split left in the shards is streamed, `pipeline.data.pooled_source`). N images, M captions."""
 
-    image: torch.Tensor  # (N, D_img) float32
-    text: torch.Tensor  # (M, D_txt) float32
+    image: torch.Tensor | None  # (N, D_img) float32; None while left in the shards
+    text: torch.Tensor | None  # (M, D_txt) float32; likewise
     caption_image_index: torch.Tensor  # (M,) int64, row of each caption's image
     image_ids: np.ndarray  # (N,) str
-    captions: np.ndarray  # (M,) str
+    captions: np.ndarray | None  # (M,) str; None while left in the shards
     image_paths: np.ndarray  # (N,) str
     labels: torch.Tensor | None = None  # (N,) int64
     cache_dir: Path | None = None  # the cache the split was read from
     cache_rows: tuple[np.ndarray, np.ndarray] | None = None  # (N,) image and (M,) caption rows in the cache
     cache: Cache | None = None  # the opened cache the split was read from (its metadata, shards, fingerprint)
+    name: str = ""  # its name in splits.json ('all': the whole cache)
 
     def to(self, device) -> "SplitTensors":
-        moved = {k: getattr(self, k).to(device) for k in ("image", "text", "caption_image_index")}
-        if self.labels is not None:
-            moved["labels"] = self.labels.to(device)
+        moved = {
+            k: t.to(device)
+            for k in ("image", "text", "caption_image_index", "labels")
+            if (t := getattr(self, k)) is not None
+        }
         return replace(self, **moved)
 
     @property
+    def loaded(self) -> bool:
+        return self.image is not None
+
+    @property
+    def num_images(self) -> int:
+        return len(self.image_ids)
+
+    @property
     def dims(self) -> tuple[int, int]:
-        return self.image.shape[1], self.text.shape[1]
+        if self.loaded:
+            return self.image.shape[1], self.text.shape[1]
+        return self.cache.meta["image_model"]["dim"], self.cache.meta["text_model"]["dim"]
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.image, self.text, self.caption_image_index))
+        """Bytes of its tensors in memory (the embeddings as float32 once read, the caption index)."""
+        dims, index = self.dims, self.caption_image_index
+        return 4 * (self.num_images * dims[0] + len(index) * dims[1]) + index.numel() * index.element_size()
 
 
 def fits_on(split: SplitTensors, device: torch.device) -> bool:
@@ -86,19 +103,45 @@ class EpochSampler:
         return rows, self.caption_order[self.offsets[rows] + pick]
 
 
-def _tensors(arrays: cache.CacheArrays, opened: Cache, rows: tuple[np.ndarray, np.ndarray]) -> SplitTensors:
+def _split(index: cache.CacheArrays, opened: Cache, rows: tuple[np.ndarray, np.ndarray], name: str) -> SplitTensors:
+    """A split of the cache's index, its embeddings and caption text left in the shards."""
     return SplitTensors(
-        image=torch.from_numpy(np.ascontiguousarray(arrays.image_embeddings, dtype=np.float32)),
-        text=torch.from_numpy(np.ascontiguousarray(arrays.caption_embeddings, dtype=np.float32)),
-        caption_image_index=torch.from_numpy(arrays.caption_image_index),
-        image_ids=arrays.image_ids,
-        captions=arrays.caption_text,
-        image_paths=arrays.image_paths,
-        labels=None if arrays.image_labels is None else torch.from_numpy(arrays.image_labels),
+        image=None,
+        text=None,
+        caption_image_index=torch.from_numpy(index.caption_image_index),
+        image_ids=index.image_ids,
+        captions=None,
+        image_paths=index.image_paths,
+        labels=None if index.image_labels is None else torch.from_numpy(index.image_labels),
         cache_dir=opened.dir,
         cache_rows=rows,
         cache=opened,
+        name=name,
     )
+
+
+def read_inputs(split: SplitTensors, reader: ShardRows | None = None) -> SplitTensors:
+    """`split` with its pooled embeddings (float32) and caption text read from the shards (`reader`, else a
+    reader opened here); `BadInput` naming the shard on non-finite embeddings."""
+    if split.loaded:
+        return split
+    own = reader is None
+    reader = ShardRows(split.cache) if own else reader
+    meta = split.cache.meta
+
+    def finite(key: str, side: str):
+        dim = meta[f"{side}_model"]["dim"]
+        return lambda path, part: cache_checks.check_embeddings(path, key, part, dim, f"{side}_model.dim")
+
+    try:
+        image_rows, caption_rows = split.cache_rows
+        image = reader.rows("images/embeddings", image_rows, np.float32, finite("images/embeddings", "image"))
+        text = reader.rows("captions/embeddings", caption_rows, np.float32, finite("captions/embeddings", "text"))
+        captions = reader.rows("captions/text", caption_rows)
+    finally:
+        if own:
+            reader.close()
+    return replace(split, image=torch.from_numpy(image), text=torch.from_numpy(text), captions=captions)
 
 
 def _sample(ids) -> str:
@@ -149,13 +192,17 @@ def check_split_file(opened: Cache, splits: dict, arrays: cache.CacheArrays, nam
         )
 
 
-def load_splits(source: Cache | Path, names: list[str], verify: bool = True) -> dict[str, SplitTensors]:
+def load_splits(
+    source: Cache | Path, names: list[str], verify: bool = True, lazy: tuple[str, ...] = ()
+) -> dict[str, SplitTensors]:
     """The named splits of `splits.json` (plus `all`, the whole cache) of an opened cache, or of the cache in
-    directory `source` (opened here: `cache.open_cache(source, verify)`, `verify` hashing each shard), reading
-    the shards once. The split file must be leak-free and name only ids of the cache (`check_split_file`).
+    directory `source` (opened here: `cache.open_cache(source, verify)`, `verify` hashing each shard). The
+    index is read once; each split's embeddings and caption text are read for its rows only, except for the
+    splits named in `lazy`, left in the shards (`read_inputs` reads them; training may stream them). The split
+    file must be leak-free and name only ids of the cache (`check_split_file`).
     """
     opened = open_cache(source, verify)
-    arrays = opened.arrays()
+    arrays = opened.arrays(inputs=False)
     wanted = [name for name in names if name != "all"]
     splits = opened.splits if wanted else {}
     for name in wanted:
@@ -167,9 +214,14 @@ def load_splits(source: Cache | Path, names: list[str], verify: bool = True) -> 
     if wanted:
         check_split_file(opened, splits, arrays, wanted)
     everything = (np.arange(len(arrays.image_ids)), np.arange(len(arrays.caption_image_ids)))
-    return {
-        name: _tensors(arrays, opened, everything)
-        if name == "all"
-        else _tensors(arrays.select(splits[name]), opened, arrays.rows_of(splits[name]))
-        for name in names
-    }
+    reader, out = ShardRows(opened), {}
+    try:
+        for name in names:
+            if name == "all":
+                split = _split(arrays, opened, everything, name)
+            else:
+                split = _split(arrays.select(splits[name]), opened, arrays.rows_of(splits[name]), name)
+            out[name] = split if name in lazy else read_inputs(split, reader)
+    finally:
+        reader.close()
+    return out

@@ -5,28 +5,24 @@ A `TokenSource` gives the tokens of a split's rows: `images(rows)` → (k, T, D)
 `captions(rows)` → (k, L, D') float16 with a (k, L) bool mask, captions padded to the longest of the
 rows asked for. `InMemoryTokens` holds the whole split (read once); `ShardTokens` reads each request
 from the shards, a contiguous slab per run of nearby rows (the chunked shuffle's runs), so its memory
-is that of the request whatever the cache size. `token_source` picks one: in memory when the
-split's tokens take at most `MEMORY_SHARE` of the available RAM, streamed otherwise (or as
-`data.stream` says).
+is that of the request whatever the cache size. `token_source` picks one, as `data.stream` says or,
+when it is null, by the memory budget (`memory_budget.choose_stream`).
 """
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
 from encoding.cache import Cache, open_cache
-from encoding.cache_checks import has_tokens, open_shard, token_dataset
+from encoding.cache_checks import has_tokens, token_dataset
 from encoding.errors import BadInput
+from encoding.shard_rows import ShardRows
+from pipeline.data.memory_budget import choose_stream
 from pipeline.data.split_tensors import SplitTensors
 
-MEMORY_SHARE = 0.5  # a split's tokens are held in memory when they take at most this share of the available RAM
 DATASETS = {"images/tokens": (3, "f"), "captions/tokens": (3, "f"), "captions/token_mask": (2, "b")}  # ndim, kind
-RUN_GAP = 16  # wanted rows at most this far apart are read as one contiguous slab (h5py picking single rows costs
-# more than reading a few rows too many); farther apart, as separate slabs
 
 
 @dataclass(frozen=True)
@@ -72,6 +68,26 @@ class TokenBatch:
             self.image.to(**move), self.text.to(**move), self.text_mask.to(**move), self.image_rows.to(**move)
         )
 
+    def __len__(self) -> int:
+        return len(self.image_rows)
+
+    def part(self, rows: slice) -> "TokenBatch":
+        """Pairs `rows`, captions trimmed to their longest."""
+        return TokenBatch(self.image[rows], *trimmed(self.text[rows], self.text_mask[rows]), self.image_rows[rows])
+
+    @staticmethod
+    def cat(batches: list["TokenBatch"]) -> "TokenBatch":
+        """The batches one after another, captions padded to the longest."""
+        length = max(b.text.shape[1] for b in batches)
+        text = [torch.nn.functional.pad(b.text, (0, 0, 0, length - b.text.shape[1])) for b in batches]
+        mask = [torch.nn.functional.pad(b.text_mask, (0, length - b.text.shape[1])) for b in batches]
+        return TokenBatch(
+            torch.cat([b.image for b in batches]),
+            torch.cat(text),
+            torch.cat(mask),
+            torch.cat([b.image_rows for b in batches]),
+        )
+
 
 def trimmed(tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Captions cut to the longest real caption among them (at least one position)."""
@@ -90,6 +106,9 @@ class InMemoryTokens:
     def images(self, rows: torch.Tensor) -> torch.Tensor:
         return self.image[rows]
 
+    def read(self, image_rows: torch.Tensor, caption_rows: torch.Tensor) -> TokenBatch:
+        return TokenBatch(self.images(image_rows), *self.captions(caption_rows), image_rows)
+
     def captions(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return trimmed(self.text[rows], self.text_mask[rows])
 
@@ -101,50 +120,21 @@ class ShardTokens:
 
     def __init__(self, opened: Cache, split: SplitTensors, shape: TokenShape):
         self.cache_dir, self.shape = opened.dir, shape
-        self.files = [opened.dir / s["file"] for s in opened.shards]
-        self.image_starts = np.cumsum([0] + [s["num_images"] for s in opened.shards])
-        self.caption_starts = np.cumsum([0] + [s["num_captions"] for s in opened.shards])
+        self.reader = ShardRows(opened, lambda f, path, key: token_dataset(f, path, key, *DATASETS[key]))
         self.image_rows, self.caption_rows = split.cache_rows
-        self.handles: dict[int, h5py.File] = {}
 
-    def _dataset(self, shard: int, name: str) -> h5py.Dataset:
-        if shard not in self.handles:
-            self.handles[shard] = open_shard(self.files[shard])
-        return token_dataset(self.handles[shard], self.files[shard], name, *DATASETS[name])
-
-    def _read(self, name: str, cache_rows: np.ndarray, starts: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-        """Rows `cache_rows` of dataset `name`: one array per shard touched (rows sorted within each), and the
-        position in `cache_rows` of each row read, in the order read."""
-        order = np.argsort(cache_rows, kind="stable")
-        wanted = cache_rows[order]
-        shards = np.searchsorted(starts, wanted, side="right") - 1
-        parts, positions = [], []
-        for shard in np.unique(shards):
-            picked = wanted[shards == shard] - starts[shard]
-            dataset = self._dataset(int(shard), name)
-            breaks = np.flatnonzero(np.diff(picked) > RUN_GAP) + 1
-            for run in np.split(picked, breaks):  # runs of nearby rows: one contiguous read each
-                first, last = int(run[0]), int(run[-1]) + 1
-                parts.append(dataset[first:last][run - first])
-            positions.append(order[shards == shard])
-        return parts, np.concatenate(positions)
+    read = InMemoryTokens.read
 
     def images(self, rows: torch.Tensor) -> torch.Tensor:
-        out = np.empty((len(rows), self.shape.image_tokens, self.shape.image_dim), dtype=np.float16)
-        if len(rows):
-            parts, positions = self._read("images/tokens", self.image_rows[rows.numpy()], self.image_starts)
-            at = 0
-            for part in parts:  # written into place shard by shard: one copy of the tokens, not three
-                out[positions[at : at + len(part)]] = part
-                at += len(part)
-        return torch.from_numpy(out)
+        return torch.from_numpy(self.reader.rows("images/tokens", self.image_rows[rows.numpy()], np.float16))
 
     def captions(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not len(rows):
             return torch.zeros(0, 1, self.shape.text_dim, dtype=torch.float16), torch.zeros(0, 1, dtype=torch.bool)
         cache_rows = self.caption_rows[rows.numpy()]
-        tokens, positions = self._read("captions/tokens", cache_rows, self.caption_starts)
-        masks, _ = self._read("captions/token_mask", cache_rows, self.caption_starts)
+        tokens, positions = self.reader.parts("captions/tokens", cache_rows)
+        masks, _ = self.reader.parts("captions/token_mask", cache_rows)
+        tokens, masks = [part for _, part in tokens], [part for _, part in masks]
         length = max(part.shape[1] for part in tokens)
         text = np.zeros((len(rows), length, self.shape.text_dim), dtype=np.float16)
         mask = np.zeros((len(rows), length), dtype=bool)
@@ -156,21 +146,7 @@ class ShardTokens:
         return trimmed(torch.from_numpy(text), torch.from_numpy(mask))
 
     def close(self) -> None:
-        for handle in self.handles.values():
-            handle.close()
-        self.handles.clear()
-
-
-def available_memory_bytes() -> int:
-    """MemAvailable of /proc/meminfo (the whole physical memory where that is not readable)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        self.reader.close()
 
 
 def split_token_bytes(split: SplitTensors, shape: TokenShape) -> float:
@@ -180,14 +156,11 @@ def split_token_bytes(split: SplitTensors, shape: TokenShape) -> float:
 
 def token_source(split: SplitTensors, stream: bool | None = None) -> InMemoryTokens | ShardTokens:
     """The tokens of `split` (read from `split.cache`, else from `split.cache_dir`): streamed when `stream`, or
-    when `stream` is None and they take more than MEMORY_SHARE of the available memory; else read once into
-    memory."""
+    when `stream` is None and they exceed the memory budget (`choose_stream`); else read once into memory."""
     opened = open_cache(split.cache or split.cache_dir, verify=False)
     shape = token_shape(opened)
     shards = ShardTokens(opened, split, shape)
-    if stream is None:
-        stream = split_token_bytes(split, shape) > MEMORY_SHARE * available_memory_bytes()
-    if stream:
+    if choose_stream(f"tokens of {split.name or 'a split'}", split_token_bytes(split, shape), stream):
         return shards
     every = torch.arange(len(split.image_ids)), torch.arange(len(split.caption_image_index))
     image = shards.images(every[0])

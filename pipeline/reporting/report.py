@@ -112,6 +112,7 @@ def report_run(trainer, test: SplitTensors, split_name: str, out_dir: Path, prov
         "inference_gallery_images": len(image),
         "train_images": len(trainer.train.image_paths),
         "train_captions": len(trainer.train.caption_image_index),
+        "train_streamed": trainer.streams_train,
         "epochs": trainer.epoch,
         "best_epoch": trainer.best_epoch,
         "peak_memory_mb": peak_memory_mb(trainer.device),

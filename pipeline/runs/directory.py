@@ -185,8 +185,14 @@ def train_run(config, out_dir: Path, resume: bool = False, verify: bool = True) 
             log.warning(f"{out_dir} records no provenance (an older run); its cache and split are not checked")
         else:
             provenance.check_resume(out_dir, config, trained, current)
-    splits = load_splits(opened, list(dict.fromkeys([d.train_split, d.val_split, d.test_split])))
-    trainer = trainer_for(config)(config, splits[d.train_split], splits[d.val_split], out_dir)
+    trainer_class = trainer_for(config)
+    lazy = (
+        (d.train_split,)
+        if trainer_class.reads_train_lazily and d.train_split not in (d.val_split, d.test_split)
+        else ()
+    )
+    splits = load_splits(opened, list(dict.fromkeys([d.train_split, d.val_split, d.test_split])), lazy=lazy)
+    trainer = trainer_class(config, splits[d.train_split], splits[d.val_split], out_dir)
     if resume:
         trainer.resume(verify)
     if trainer.rank != 0:  # under torchrun, rank 0 alone writes checkpoints and reports

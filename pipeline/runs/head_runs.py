@@ -6,9 +6,9 @@ Raw queries pass the cache's recorded backbones first (`pipeline.runs.frozen`), 
 
 import torch
 
+from pipeline.data.epoch_stream import prefetched
 from pipeline.data.split_tensors import SplitTensors
 from pipeline.data.token_source import token_source
-from pipeline.data.token_stream import prefetched
 from pipeline.runs.run import PairScorer, Run
 
 

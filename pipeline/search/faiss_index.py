@@ -37,7 +37,7 @@ import numpy as np
 
 from encoding.atomic import atomic_target
 from encoding.errors import BadInput
-from pipeline.data.token_source import available_memory_bytes
+from pipeline.data.memory_budget import available_memory_bytes
 
 log = logging.getLogger(f"xalign.{__name__}")
 

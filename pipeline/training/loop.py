@@ -93,6 +93,8 @@ class Trainer:
     """Trains on `train`, validating on `val` each epoch; writes to `out_dir` when given (rank 0 only)."""
 
     log_epochs = True  # print a line per epoch (sweeps turn it off)
+    reads_train_lazily = False  # True: the train split may be passed without its embeddings (`load_splits(lazy=)`)
+    streams_train = False  # set by `build` when the train inputs are read from the shards (run_info.json)
 
     def __init__(self, config, train: SplitTensors, val: SplitTensors, out_dir: Path | None = None):
         self.config, t = config, config.training

@@ -3,7 +3,7 @@
 `TokenTrainer` trains a dual token head (`attention_pool`, `token_transformer`, `sparse_attention`)
 with its contrastive loss; `CrossEncoderTrainer` trains `cross_encoder` with `itm` (its dual part's
 ITC plus a match loss on in-batch hard negatives, ALBEF) and evaluates by re-ranking its own dual
-top `model.rerank_k`. Batches come from `pipeline.data.token_stream` (the same batches whether the tokens
+top `model.rerank_k`. Batches come from `pipeline.data.epoch_stream` (the same batches whether the tokens
 are held in memory or streamed from the shards, `data.stream`); micro-batching, accumulation, the
 schedule, checkpoints and exact resume are the loop's.
 """
@@ -12,9 +12,9 @@ import torch
 
 from encoding.errors import BadInput
 from encoding.runtime import autocast
+from pipeline.data.epoch_stream import ChunkedSampler, epoch_batches
 from pipeline.data.split_tensors import SplitTensors
 from pipeline.data.token_source import TokenBatch, token_shape
-from pipeline.data.token_stream import ChunkedSampler, epoch_batches
 from pipeline.evaluation.rerank import reranked
 from pipeline.losses.itm import itm_pairs
 from pipeline.runs.head_runs import CrossEncoderRun, TokenHeadRun
@@ -42,25 +42,23 @@ class TokenTrainer(HeadTrainer):
         model.to(self.device)
         self._run_model = self.run_class(self.config, model, self.device, self.train.cache_dir)
         self.train_tokens = self.tokens_of(self.train)
+        self.streams_train = self.train_tokens.streamed
         self.forward = self.wrap(model)
         self.loss_takes_momentum = False
         self.sampler = ChunkedSampler(
-            self.train.caption_image_index, len(self.train.image), t.epoch_sampling, t.seed, torch.device("cpu")
+            self.train.caption_image_index, self.train.num_images, t.epoch_sampling, t.seed, torch.device("cpu")
         )
-        self.batch_size = min(t.batch_size, len(self.sampler))
+        self.batch_size = self.checked_batch_size(streamed=self.train_tokens.streamed)
         return model, loss
 
     def tokens_of(self, split: SplitTensors):
         """The token source of `split`, opened once by the run object (in memory or streamed, `data.stream`)."""
         return self.run_model.tokens_of(split)
 
-    def share(self) -> slice:
-        part = self.batch_size // self.world
-        return slice(self.rank * part, (self.rank + 1) * part)
-
     def epoch_batches(self, epoch: int):
         rows, captions = self.epoch_order(epoch)
-        return epoch_batches(self.train_tokens, rows, captions, self.batch_size, self.share())
+        span = self.sampler.window_items
+        return epoch_batches(self.train_tokens, rows, captions, self.batch_size, self.share(), span)
 
     def features(self, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(self.device, self.precision):

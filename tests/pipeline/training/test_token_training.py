@@ -168,10 +168,9 @@ def test_a_token_head_on_a_cache_without_tokens_says_to_encode_with_tokens(
     [
         ({"model": {"type": "cross_encoder"}, "loss": {"type": "clip"}}, "trains with loss 'itm'"),
         ({"model": {"type": "mlp"}, "loss": {"type": "itm"}}, "loss 'itm' trains cross_encoder"),
-        ({"model": {"type": "mlp"}, "data": {"stream": True}}, "data.stream"),
     ],
 )
-def test_config_pairs_heads_with_their_loss_and_data(values, message):
+def test_config_pairs_heads_with_their_loss(values, message):
     with pytest.raises(BadInput, match=message):
         from_dict(values)
     assert from_dict({"model": {"type": "cross_encoder"}}).loss.type == "itm"

@@ -21,6 +21,7 @@ RUN_INFO_KEYS = {
     "inference_gallery_images",
     "train_images",
     "train_captions",
+    "train_streamed",
     "epochs",
     "best_epoch",
     "peak_memory_mb",
