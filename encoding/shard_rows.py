@@ -2,15 +2,22 @@
 
 `ShardRows(cache)` reads rows of a dataset (`images/embeddings`, `captions/text`, `captions/tokens`, ...)
 given as cache rows (the row of an item over the shards in order): each run of nearby rows (at most
-`RUN_GAP` apart) is one contiguous read, so a chunked epoch order or a scattered split costs a few reads
-per run instead of one per row. Shards are opened on first use and kept open until `close()`, at most
-half the process's open-file limit at once (raised to its hard limit first), the least recently used
-closed beyond that: a window of a chunked shuffle touches a run in many shards.
+`RUN_GAP` apart) is one contiguous read straight into the result (`window`), so a chunked epoch order
+or a scattered split costs one read per run instead of one per row, and the rows come out by one gather.
+Rows of an uncompressed numeric dataset (contiguous, or chunked by whole rows) are read with `os.preadv`
+at their byte offsets in the file (`RawLayout`), which releases the GIL while it copies, so a reader
+thread does not hold up the training step; other datasets go through HDF5.
+Shards are opened on first use and kept open until `close()`, at most half the process's open-file limit
+at once (raised to its hard limit first), the least recently used closed beyond that: a window of a
+chunked shuffle touches a run in many shards.
 """
 
+import math
+import os
 import resource
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -43,6 +50,52 @@ def plain_dataset(f: h5py.File, path: Path, key: str) -> h5py.Dataset:
     return f[key]
 
 
+@dataclass(frozen=True)
+class RawLayout:
+    """Where the rows of an uncompressed dataset lie in its file: chunks of `chunk_rows` whole rows (a contiguous
+    dataset is one chunk), each at its byte offset."""
+
+    chunk_rows: int
+    row_bytes: int
+    chunk_offsets: np.ndarray  # (chunks,) byte offset of each chunk in the file
+
+    @staticmethod
+    def of(dataset: h5py.Dataset) -> "RawLayout | None":
+        """The layout of `dataset`, or None when its rows cannot be read raw (strings, filters, partial chunks)."""
+        filtered = dataset.compression or dataset.shuffle or dataset.fletcher32 or dataset.scaleoffset is not None
+        if dataset.dtype.kind not in "fbiu" or filtered or not dataset.shape[0]:
+            return None
+        row_bytes = dataset.dtype.itemsize * math.prod(dataset.shape[1:])
+        if dataset.chunks is None:
+            offset = dataset.id.get_offset()
+            return None if offset is None else RawLayout(dataset.shape[0], row_bytes, np.array([offset]))
+        chunk_rows = dataset.chunks[0]
+        if dataset.chunks[1:] != dataset.shape[1:] or dataset.id.get_num_chunks() != -(-dataset.shape[0] // chunk_rows):
+            return None
+        offsets = np.zeros(dataset.id.get_num_chunks(), dtype=np.int64)
+        for i in range(len(offsets)):
+            info = dataset.id.get_chunk_info(i)
+            if info.filter_mask:
+                return None
+            offsets[info.chunk_offset[0] // chunk_rows] = info.byte_offset
+        return RawLayout(chunk_rows, row_bytes, offsets)
+
+    def read_into(self, fd: int, first: int, out: np.ndarray) -> None:
+        """Rows `first` .. `first + len(out)` into the C-contiguous `out`, a `preadv` per chunk touched."""
+        buffer, row, at = memoryview(out.reshape(-1).view(np.uint8)), first, 0
+        while row < first + len(out):
+            chunk = row // self.chunk_rows
+            stop = min(first + len(out), (chunk + 1) * self.chunk_rows)
+            offset = int(self.chunk_offsets[chunk]) + (row - chunk * self.chunk_rows) * self.row_bytes
+            end = at + (stop - row) * self.row_bytes
+            while at < end:  # a read may return fewer bytes than asked
+                got = os.preadv(fd, [buffer[at:end]], offset)
+                if got <= 0:
+                    raise OSError(f"short read at byte {offset}")
+                at, offset = at + got, offset + got
+            row = stop
+
+
 class ShardRows:
     """Reads rows of one cache's datasets by cache row. `dataset(f, path, key)` opens (and checks) a dataset."""
 
@@ -54,61 +107,84 @@ class ShardRows:
         }
         self.check, self.max_open = dataset, open_shard_limit()
         self.handles: OrderedDict[int, h5py.File] = OrderedDict()
-        self.datasets: dict[tuple[int, str], h5py.Dataset] = {}
+        self.datasets: dict[tuple[int, str], tuple[h5py.Dataset, RawLayout | None]] = {}
+        self.fds: dict[int, int] = {}
 
     def dataset(self, shard: int, key: str) -> h5py.Dataset:
+        return self.opened(shard, key)[0]
+
+    def opened(self, shard: int, key: str) -> tuple[h5py.Dataset, RawLayout | None]:
+        """Dataset `key` of `shard` (checked) and its raw layout; the shard's file opened (and a descriptor for raw
+        reads) when it is not, the least recently used closed beyond `max_open`."""
         if shard in self.handles:
             self.handles.move_to_end(shard)
         else:
             if len(self.handles) >= self.max_open:
-                oldest, handle = self.handles.popitem(last=False)
-                self.datasets = {k: v for k, v in self.datasets.items() if k[0] != oldest}
-                handle.close()
+                self.close_shard(next(iter(self.handles)))
             self.handles[shard] = open_shard(self.files[shard])
+            self.fds[shard] = os.open(self.files[shard], os.O_RDONLY)
         if (shard, key) not in self.datasets:
-            self.datasets[shard, key] = self.check(self.handles[shard], self.files[shard], key)
+            dataset = self.check(self.handles[shard], self.files[shard], key)
+            self.datasets[shard, key] = dataset, RawLayout.of(dataset)
         return self.datasets[shard, key]
 
-    def parts(self, key: str, cache_rows: np.ndarray) -> tuple[list[tuple[int, np.ndarray]], np.ndarray]:
-        """Rows `cache_rows` of dataset `key`: (shard, array) parts, each of one run of sorted rows, and the
-        position in `cache_rows` of each row read, in the order read."""
+    def close_shard(self, shard: int) -> None:
+        self.datasets = {k: v for k, v in self.datasets.items() if k[0] != shard}
+        self.handles.pop(shard).close()
+        os.close(self.fds.pop(shard))
+
+    def layout(self, shard: int, key: str) -> tuple[tuple[int, ...], np.dtype]:
+        """The trailing shape and dtype of dataset `key` in `shard`."""
+        dataset = self.dataset(shard, key)
+        return dataset.shape[1:], dataset.dtype
+
+    def window(self, key: str, cache_rows: np.ndarray, check: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(W, index): the slabs covering rows `cache_rows` of dataset `key`, back to back (one read per run of
+        nearby rows, straight into W, the rows of a gap included; a repeated row read once), and (k,) the
+        position in W of each row asked, so `W[index]` is the rows in the order asked. Rows of a shard whose
+        trailing dims are smaller than another's (captions padded to each shard's longest) are zero-padded.
+        `check(path, slab)` sees each slab read with its shard file."""
+        cache_rows = np.asarray(cache_rows, dtype=np.int64)
+        if not len(cache_rows):
+            template = self.dataset(0, key)
+            return np.empty((0, *template.shape[1:]), dtype=template.dtype), cache_rows
         starts = self.starts[key.split("/")[0]]
-        order = np.argsort(cache_rows, kind="stable")
-        wanted = cache_rows[order]
-        shards = np.searchsorted(starts, wanted, side="right") - 1
-        parts, positions = [], []
-        for shard in np.unique(shards):
-            picked = wanted[shards == shard] - starts[shard]
-            dataset = self.dataset(int(shard), key)
-            breaks = np.flatnonzero(np.diff(picked) > RUN_GAP) + 1
-            for run in np.split(picked, breaks):  # runs of nearby rows: one contiguous read each
-                first, last = int(run[0]), int(run[-1]) + 1
-                if dataset.dtype.kind == "O":  # variable-length UTF-8 strings
-                    slab = np.asarray(dataset.asstr()[first:last], dtype=object)
-                else:
-                    slab = dataset[first:last]
-                contiguous = last - first == len(run) and bool((np.diff(run) == 1).all())  # the slab is the part
-                parts.append((int(shard), slab if contiguous else slab[run - first]))
-            positions.append(order[shards == shard])
-        return parts, (np.concatenate(positions) if positions else np.zeros(0, dtype=np.int64))
+        unique, inverse = np.unique(cache_rows, return_inverse=True)
+        shards = np.searchsorted(starts, unique, side="right") - 1
+        breaks = np.flatnonzero((np.diff(unique) > RUN_GAP) | (np.diff(shards) != 0)) + 1
+        heads, tails = np.r_[0, breaks], np.r_[breaks, len(unique)] - 1
+        firsts, lengths = unique[heads], unique[tails] + 1 - unique[heads]
+        offsets = np.cumsum(lengths) - lengths
+        run_of = np.repeat(np.arange(len(heads)), tails + 1 - heads)
+        index = (offsets[run_of] + unique - firsts[run_of])[inverse]
+        layouts = {int(shards[h]): self.layout(int(shards[h]), key) for h in heads}
+        shapes, dtype = [shape for shape, _ in layouts.values()], next(iter(layouts.values()))[1]
+        trailing = tuple(max(shape[i] for shape in shapes) for i in range(len(shapes[0])))
+        strings = dtype.kind == "O"  # variable-length UTF-8 strings
+        out = np.empty((int(lengths.sum()), *trailing), dtype=object if strings else dtype)
+        for head, first, length, offset in zip(heads, firsts, lengths, offsets):
+            shard = int(shards[head])
+            dataset, raw = self.opened(shard, key)  # reopened here if closed meanwhile (`max_open`)
+            local, place = slice(first - starts[shard], first - starts[shard] + length), slice(offset, offset + length)
+            if strings:
+                out[place] = np.asarray(dataset.asstr()[local], dtype=object)
+            elif raw is not None and dataset.shape[1:] == trailing:
+                raw.read_into(self.fds[shard], local.start, out[place])
+            elif dataset.shape[1:] == trailing:
+                dataset.read_direct(out, local, place)
+            else:
+                out[place] = 0
+                out[(place, *(slice(0, n) for n in dataset.shape[1:]))] = dataset[local]
+            if check is not None:
+                check(self.files[shard], out[place])
+        return out, index
 
     def rows(self, key: str, cache_rows: np.ndarray, dtype=None, check: Callable | None = None) -> np.ndarray:
-        """(k, ...) rows `cache_rows` of dataset `key` in the order asked (as `dtype` when given);
-        `check(path, part)` sees each part read with the shard file it came from."""
-        parts, positions = self.parts(key, np.asarray(cache_rows, dtype=np.int64))
-        template = self.dataset(parts[0][0] if parts else 0, key)
-        kind = object if template.dtype.kind == "O" else (dtype or template.dtype)
-        out = np.empty((len(cache_rows), *template.shape[1:]), dtype=kind)
-        at = 0
-        for shard, part in parts:  # written into place part by part: one copy of the rows
-            if check is not None:
-                check(self.files[shard], part)
-            out[positions[at : at + len(part)]] = part
-            at += len(part)
-        return out
+        """(k, ...) rows `cache_rows` of dataset `key` in the order asked (as `dtype` when given); `check` as for
+        `window`."""
+        slabs, index = self.window(key, cache_rows, check)
+        return slabs[index] if dtype is None or slabs.dtype == object else slabs[index].astype(dtype, copy=False)
 
     def close(self) -> None:
-        self.datasets.clear()
-        for handle in self.handles.values():
-            handle.close()
-        self.handles.clear()
+        for shard in list(self.handles):
+            self.close_shard(shard)

@@ -3,8 +3,8 @@ vs held in memory, and the peak memory of streaming as the cache grows.
 
 On a synthetic cache written through the real cache writer (pooled embeddings, plus tokens with
 `--tokens`): the engine's epoch loop over the same head with the inputs in memory (the limit here: no
-reads) and streamed from the HDF5 shards (`data.stream: true`), one after another after a warm-up, as
-pairs per second and their ratio (`streamed_vs_memory`, target >= 0.8). Then, for each of
+reads) and streamed from the HDF5 shards (`data.stream: true`), alternated `--repeats` times after a
+warm-up, as median pairs per second and their ratio (`streamed_vs_memory`, target >= 0.8). Then, for each of
 `--rss-images`, a fresh process trains one streamed epoch over a cache of that size and reports its
 peak resident memory next to the cache's size: flat peak memory over a cache several times larger
 shows the inputs never all load. Prints one JSON object last.
@@ -13,6 +13,7 @@ shows the inputs never all load. Prints one JSON object last.
 import argparse
 import json
 import resource
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -138,7 +139,7 @@ DEFAULTS = {  # per mode: what differs between pooled and token heads
         "head": "attention_pool",
         "hidden_dim": 64,
         "batch_size": 256,
-        "steps": 10,
+        "steps": 60,
         "rss_images": "2000,16000",
     },
 }
@@ -160,6 +161,7 @@ def build_parser(flag: str) -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=1000, help="images per shard")
     p.add_argument("--steps", type=int, default=d["steps"], help="timed steps per loop")
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="timed loops of each, alternated; medians reported")
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--rss-images", default=d["rss_images"], help="cache sizes (images) of the peak-memory runs; '' = skip"
@@ -188,12 +190,14 @@ def main(argv=None) -> int:
     sizes = [int(s) for s in args.rss_images.split(",") if s]
     with tempfile.TemporaryDirectory(prefix="xalign-bench-stream-") as tmp:
         cache_dir = write_bench_cache(Path(tmp) / "cache", args, args.images)
-        figures = {}
-        for name, stream in (("memory", False), ("streamed", True)):
-            run = trainer(cache_dir, args, stream)
-            run.train_epoch(0, max_batches=args.warmup)
-            seconds = timed(lambda: run.train_epoch(1, max_batches=args.steps), run.device)  # noqa: B023
-            figures[name] = args.steps * run.batch_size / seconds
+        runs = {"memory": trainer(cache_dir, args, False), "streamed": trainer(cache_dir, args, True)}
+        figures = {name: [] for name in runs}
+        for repeat in range(args.repeats):  # alternated, so both see the same machine load
+            for name, run in runs.items():
+                run.train_epoch(0, max_batches=args.warmup)
+                seconds = timed(lambda: run.train_epoch(1 + repeat, max_batches=args.steps), run.device)  # noqa: B023
+                figures[name].append(args.steps * run.batch_size / seconds)
+        figures = {name: statistics.median(values) for name, values in figures.items()}
         memory = []
         for size in sizes:
             sized = write_bench_cache(Path(tmp) / f"rss-{size}", args, size)
@@ -215,6 +219,7 @@ def main(argv=None) -> int:
         ),
         "batch_size": run.batch_size,
         "steps": args.steps,
+        "repeats": args.repeats,
         "torch_threads": torch.get_num_threads(),
     }
     print(json.dumps(result))

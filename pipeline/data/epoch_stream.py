@@ -7,7 +7,8 @@ is tens of KB); pooled heads runs of `POOLED_CHUNK` over windows of at least `PO
 items and 4 global batches (a pooled pair is about a KB, so a window can mix far more of the split).
 
 A source gives a split's inputs by row: `read(image_rows, caption_rows)` → a batch (`TokenBatch`,
-`PooledBatch`) that can be cut (`part`) and joined (`cat`). In memory each micro-batch is gathered
+`PooledBatch`), or from the shards a window of slabs (`TokenWindow`, `PooledWindow`), whose `part`
+gathers a micro-batch (batches also join: `cat`). In memory each micro-batch is gathered
 directly; streamed, a background thread reads one window at a time from the shards (a few contiguous
 reads per window, no per-sample Python), only the rows of this rank's share of each global batch, cuts
 them into micro-batches and queues `PREFETCH` of them ahead of the training step. Both paths give the
@@ -98,7 +99,7 @@ def window_batches(source, image_rows, caption_rows, batch_size: int, share: sli
         start = 0
         if pending is not None:
             start = min(width - len(pending), len(batch))
-            pending = type(batch).cat([pending, batch.part(slice(0, start))])
+            pending = type(pending).cat([pending, batch.part(slice(0, start))])
             if len(pending) < width:
                 continue
             yield pending

@@ -20,28 +20,38 @@ from pipeline.data.split_tensors import SplitTensors, read_inputs
 
 @dataclass
 class PooledBatch:
-    """Pooled inputs of b pairs: a window as read (the cache's dtype) or a micro-batch cut from it (float32)."""
+    """A micro-batch of pooled inputs. b pairs."""
 
-    image: torch.Tensor  # (b, D_img)
-    text: torch.Tensor  # (b, D_txt)
+    image: torch.Tensor  # (b, D_img) float32
+    text: torch.Tensor  # (b, D_txt) float32
     image_rows: torch.Tensor  # (b,) int64, split rows of the images (equal rows = the same image)
 
     def __len__(self) -> int:
         return len(self.image_rows)
 
-    def part(self, rows: slice) -> "PooledBatch":
-        """Pairs `rows` as float32 (a window stays in the cache's dtype until cut: half the memory for fp16)."""
-        return PooledBatch(self.image[rows].float(), self.text[rows].float(), self.image_rows[rows])
-
     @staticmethod
     def cat(batches: list["PooledBatch"]) -> "PooledBatch":
-        """The batches one after another, in the last one's dtype (a cut part back to the window's: exact)."""
-        last = batches[-1]
-        return PooledBatch(
-            torch.cat([b.image.to(last.image.dtype) for b in batches]),
-            torch.cat([b.text.to(last.text.dtype) for b in batches]),
-            torch.cat([b.image_rows for b in batches]),
-        )
+        return PooledBatch(*(torch.cat([getattr(b, k) for b in batches]) for k in ("image", "text", "image_rows")))
+
+
+@dataclass
+class PooledWindow:
+    """Pooled inputs of a window of pairs as read: slabs in cache order (the cache's dtype: half the memory of
+    float32 for fp16) and, per pair, its rows in them. `part(rows)` gathers a float32 `PooledBatch`."""
+
+    image: np.ndarray  # (n', D_img) slabs
+    image_index: np.ndarray  # (k,) row of each pair's image in `image`
+    text: np.ndarray  # (m', D_txt) slabs
+    text_index: np.ndarray  # (k,) row of each pair's caption in `text`
+    image_rows: torch.Tensor  # (k,) split rows of the images
+
+    def __len__(self) -> int:
+        return len(self.image_rows)
+
+    def part(self, rows: slice) -> PooledBatch:
+        image = torch.from_numpy(self.image[self.image_index[rows]]).float()
+        text = torch.from_numpy(self.text[self.text_index[rows]]).float()
+        return PooledBatch(image, text, self.image_rows[rows])
 
 
 class ShardEmbeddings:
@@ -62,13 +72,12 @@ class ShardEmbeddings:
             for key, side in (("images/embeddings", "image"), ("captions/embeddings", "text"))
         }
 
-    def rows(self, key: str, cache_rows: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(self.reader.rows(key, cache_rows, check=self.checks[key]))
-
-    def read(self, image_rows: torch.Tensor, caption_rows: torch.Tensor) -> PooledBatch:
-        image = self.rows("images/embeddings", self.image_rows[image_rows.numpy()])
-        text = self.rows("captions/embeddings", self.caption_rows[caption_rows.numpy()])
-        return PooledBatch(image, text, image_rows)
+    def read(self, image_rows: torch.Tensor, caption_rows: torch.Tensor) -> PooledWindow:
+        key = "images/embeddings"
+        image = self.reader.window(key, self.image_rows[image_rows.numpy()], self.checks[key])
+        key = "captions/embeddings"
+        text = self.reader.window(key, self.caption_rows[caption_rows.numpy()], self.checks[key])
+        return PooledWindow(*image, *text, image_rows)
 
     def close(self) -> None:
         self.reader.close()

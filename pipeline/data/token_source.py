@@ -95,6 +95,27 @@ def trimmed(tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tor
     return tokens[:, :length], mask[:, :length]
 
 
+@dataclass
+class TokenWindow:
+    """Tokens of a window of pairs as read from the shards: slabs in cache order and, per pair, its rows in them.
+    `part(rows)` gathers pairs `rows` into a `TokenBatch` (one copy)."""
+
+    image: np.ndarray  # (n', T, D) float16 slabs
+    image_index: np.ndarray  # (k,) row of each pair's image in `image`
+    text: np.ndarray  # (m', L, D') float16 slabs
+    text_mask: np.ndarray  # (m', L) bool
+    text_index: np.ndarray  # (k,) row of each pair's caption in `text`
+    image_rows: torch.Tensor  # (k,) split rows of the images
+
+    def __len__(self) -> int:
+        return len(self.image_rows)
+
+    def part(self, rows: slice) -> TokenBatch:
+        image, text = self.image_index[rows], self.text_index[rows]
+        captions = trimmed(torch.from_numpy(self.text[text]), torch.from_numpy(self.text_mask[text]))
+        return TokenBatch(torch.from_numpy(self.image[image]), *captions, self.image_rows[rows])
+
+
 class InMemoryTokens:
     """A split's tokens held in memory: (N, T, D) images, (M, L, D') captions padded to the split's longest."""
 
@@ -123,27 +144,23 @@ class ShardTokens:
         self.reader = ShardRows(opened, lambda f, path, key: token_dataset(f, path, key, *DATASETS[key]))
         self.image_rows, self.caption_rows = split.cache_rows
 
-    read = InMemoryTokens.read
+    def caption_window(self, rows: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(m', L, D') token slabs, (m', L) their masks and (k,) each caption's row in them."""
+        cache_rows = self.caption_rows[rows.numpy()]
+        text, index = self.reader.window("captions/tokens", cache_rows)
+        return text, self.reader.window("captions/token_mask", cache_rows)[0], index
+
+    def read(self, image_rows: torch.Tensor, caption_rows: torch.Tensor) -> "TokenWindow":
+        """The tokens of these pairs as read (slabs + indices); `part` gathers a micro-batch from them."""
+        image = self.reader.window("images/tokens", self.image_rows[image_rows.numpy()])
+        return TokenWindow(*image, *self.caption_window(caption_rows), image_rows)
 
     def images(self, rows: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.reader.rows("images/tokens", self.image_rows[rows.numpy()], np.float16))
 
     def captions(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not len(rows):
-            return torch.zeros(0, 1, self.shape.text_dim, dtype=torch.float16), torch.zeros(0, 1, dtype=torch.bool)
-        cache_rows = self.caption_rows[rows.numpy()]
-        tokens, positions = self.reader.parts("captions/tokens", cache_rows)
-        masks, _ = self.reader.parts("captions/token_mask", cache_rows)
-        tokens, masks = [part for _, part in tokens], [part for _, part in masks]
-        length = max(part.shape[1] for part in tokens)
-        text = np.zeros((len(rows), length, self.shape.text_dim), dtype=np.float16)
-        mask = np.zeros((len(rows), length), dtype=bool)
-        at = 0
-        for part, part_mask in zip(tokens, masks):
-            where = positions[at : at + len(part)]
-            text[where, : part.shape[1]], mask[where, : part.shape[1]] = part, part_mask
-            at += len(part)
-        return trimmed(torch.from_numpy(text), torch.from_numpy(mask))
+        text, mask, index = self.caption_window(rows)
+        return trimmed(torch.from_numpy(text[index]), torch.from_numpy(mask[index]))
 
     def close(self) -> None:
         self.reader.close()

@@ -16,7 +16,7 @@ from pipeline.data.epoch_stream import (
     prefetched,
     window_batches,
 )
-from pipeline.data.pooled_source import PooledBatch
+from pipeline.data.pooled_source import PooledBatch, PooledWindow
 from pipeline.data.token_source import InMemoryTokens
 
 SPAN = CHUNK * WINDOW
@@ -58,6 +58,10 @@ class Vectors:
         )
 
     def read(self, image_rows, caption_rows):
+        if self.streamed:  # slabs of every row, read in cache order, gathered by `part`
+            return PooledWindow(
+                self.image.numpy(), image_rows.numpy(), self.text.numpy(), caption_rows.numpy(), image_rows
+            )
         return PooledBatch(self.image[image_rows], self.text[caption_rows], image_rows)
 
 
