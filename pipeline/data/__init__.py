@@ -1,3 +1,4 @@
-"""A split of a cache as training and evaluation read it: `split_tensors` (pooled embeddings in memory and the
-epoch sampler), `token_source` and `token_stream` (cached tokens, in memory or streamed from the shards),
-`images` (images decoded from the cache's paths, for backbone runs)."""
+"""A split of a cache as training and evaluation read it: `split_tensors` (a split's index, its pooled embeddings
+in memory once read, the epoch sampler), `pooled_source` and `token_source` (pooled embeddings and cached tokens,
+in memory or streamed from the shards, as `memory_budget` decides), `epoch_stream` (the chunked epoch order and
+the micro-batches of both), `images` (images decoded from the cache's paths, for backbone runs)."""

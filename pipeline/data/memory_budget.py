@@ -13,10 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MEMORY_SHARE = 0.5  # a split's inputs are held in memory when they take at most this share of the budget
-CGROUP_FILES = (  # (limit, usage) of cgroup v2, then v1
-    (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory.current")),
-    (Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"), Path("/sys/fs/cgroup/memory/memory.usage_in_bytes")),
-)
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_FILES = {"v2": ("memory.max", "memory.current"), "v1": ("memory.limit_in_bytes", "memory.usage_in_bytes")}
 log = logging.getLogger(f"xalign.{__name__}")
 
 
@@ -32,17 +30,38 @@ def available_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def cgroup_room_bytes(files=CGROUP_FILES) -> int | None:
-    """Bytes left under this process's cgroup memory limit, or None when no limit is set (or readable)."""
-    for limit_file, usage_file in files:
+def cgroup_dirs(proc_cgroup: str, root: Path = CGROUP_ROOT) -> list[tuple[Path, str]]:
+    """(directory, version) of this process's memory cgroup and each of its parents up to the mount root, from
+    /proc/self/cgroup's text (v2 `0::/path`, v1 `N:memory:/path`)."""
+    dirs = []
+    for line in proc_cgroup.splitlines():
+        _, controllers, path = line.split(":", 2)
+        mount, version = (root, "v2") if controllers == "" else (root / "memory", "v1")
+        if version == "v1" and "memory" not in controllers.split(","):
+            continue
+        parts = [p for p in path.split("/") if p]
+        dirs += [(mount.joinpath(*parts[:depth]), version) for depth in range(len(parts), -1, -1)]
+    return dirs
+
+
+def cgroup_room_bytes(dirs: list[tuple[Path, str]] | None = None) -> int | None:
+    """Bytes left under the tightest memory limit of this process's cgroup and its parents, or None when none is
+    set (or readable)."""
+    if dirs is None:
         try:
-            limit, usage = limit_file.read_text().strip(), int(usage_file.read_text())
+            dirs = cgroup_dirs(Path("/proc/self/cgroup").read_text())
+        except OSError:
+            return None
+    rooms = []
+    for directory, version in dirs:
+        limit_file, usage_file = CGROUP_FILES[version]
+        try:
+            limit, usage = (directory / limit_file).read_text().strip(), int((directory / usage_file).read_text())
         except (OSError, ValueError):
             continue
-        if limit == "max" or int(limit) >= 1 << 60:  # v2 'max', v1's page-rounded 2**63: no limit
-            return None
-        return max(0, int(limit) - usage)
-    return None
+        if limit != "max" and int(limit) < 1 << 60:  # v2 'max', v1's page-rounded 2**63: no limit
+            rooms.append(max(0, int(limit) - usage))
+    return min(rooms) if rooms else None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Cache splits as contiguous tensors, and the index permutations the training engine draws batches from."""
+"""Cache splits: their index, their pooled embeddings once read (`read_inputs`, for the rows of each split only), and
+the index permutations the engines draw batches from."""
 
 import logging
 from dataclasses import dataclass, replace

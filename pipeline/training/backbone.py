@@ -4,7 +4,7 @@ Under torchrun each rank decodes its 1/W share of every global batch (`training.
 model runs under DDP with summed gradients, and the loss sees the features gathered from all ranks, so
 a step equals the single-process step on the global batch (BatchNorm statistics stay per rank).
 
-Each epoch draws its (image, caption) pairs from the same `EpochSampler` as head training; DataLoader
+Each epoch draws its (image, caption) pairs from `EpochSampler` (a plain permutation); DataLoader
 workers decode and augment the images. Validation embeds un-augmented images. `best.pt` holds the
 encoder and its architecture (what `xalign encode --image-model PATH` loads); `last.pt` adds the
 resumable state.

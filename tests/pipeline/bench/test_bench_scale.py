@@ -28,3 +28,8 @@ def test_bench_scale_reports_each_stage_at_each_size(capsys, tmp_path):
 def test_bench_scale_refuses_bad_sizes(images, capsys):
     assert cli(["bench", "scale", "--images", images, "--held-out", "50"]) == 2
     assert "--images" in capsys.readouterr().err
+
+
+def test_bench_scale_refuses_a_directory_that_is_not_a_cgroup(tmp_path, capsys):
+    assert cli(["bench", "scale", "--images", "300", "--held-out", "50", "--cgroup", str(tmp_path)]) == 2
+    assert "not a cgroup directory" in capsys.readouterr().err

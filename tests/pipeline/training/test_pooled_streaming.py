@@ -19,7 +19,7 @@ from encoding.shard_rows import ShardRows
 from pipeline.cli import main as cli
 from pipeline.config.experiment import from_dict
 from pipeline.data import epoch_stream, memory_budget
-from pipeline.data.memory_budget import MemoryBudget, cgroup_room_bytes, choose_stream
+from pipeline.data.memory_budget import MemoryBudget, cgroup_dirs, cgroup_room_bytes, choose_stream
 from pipeline.data.split_tensors import load_splits, read_inputs
 from pipeline.training.pooled_heads import HeadTrainer
 
@@ -115,13 +115,19 @@ def test_shard_rows_reads_any_rows_in_the_order_asked(synthetic_cache):
 
 
 def test_the_budget_counts_local_processes_and_the_cgroup_limit(tmp_path, monkeypatch):
-    limit, usage = tmp_path / "memory.max", tmp_path / "memory.current"
-    limit.write_text("max\n")
-    usage.write_text("100\n")
-    assert cgroup_room_bytes([(limit, usage)]) is None
-    limit.write_text(str(8 << 30))
-    usage.write_text(str(2 << 30))
-    assert cgroup_room_bytes([(limit, usage)]) == 6 << 30
+    own = tmp_path / "memory" / "jobs" / "42"
+    own.mkdir(parents=True)
+    (own / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1: no limit here
+    (own / "memory.usage_in_bytes").write_text("100\n")
+    dirs = cgroup_dirs("5:devices:/\n4:memory:/jobs/42\n0::/\n", root=tmp_path)
+    assert dirs[:3] == [(own, "v1"), (own.parent, "v1"), (tmp_path / "memory", "v1")] and dirs[3] == (tmp_path, "v2")
+    assert cgroup_room_bytes(dirs) is None
+    (own.parent / "memory.limit_in_bytes").write_text(str(8 << 30))  # a parent's limit binds its children
+    (own.parent / "memory.usage_in_bytes").write_text(str(2 << 30))
+    assert cgroup_room_bytes(dirs) == 6 << 30
+    (tmp_path / "memory.max").write_text("max\n")
+    (tmp_path / "memory.current").write_text("5\n")
+    assert cgroup_room_bytes([(tmp_path, "v2")]) is None
     budget = memory_budget.memory_budget(available=20 << 30, cgroup_room=6 << 30, processes=2)
     assert budget.bytes == 0.5 * (6 << 30) / 2 and "cgroup room 6.0 GiB" in budget.reason and "2 local" in budget.reason
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
