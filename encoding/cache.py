@@ -284,10 +284,14 @@ class Cache:
         """Every shard read into contiguous arrays (embeddings as `dtype`), read anew on each call; `BadInput` on
         a missing dataset, row counts or dims other than the metadata's, non-finite embeddings, or a caption
         whose image is not in the cache. Without `inputs`, the index only: no embeddings, no caption text
-        (`encoding.shard_rows` reads those for chosen rows)."""
+        (`encoding.shard_rows` reads those for chosen rows). Captions' image ids are mapped to rows shard by
+        shard; `caption_image_ids` then points at the image id strings (no string per caption is kept)."""
         parts: dict[str, list] = {}
+        row_of = checks.image_rows(self.dir, np.concatenate([self.image_ids_of(shard) for shard in self.shards]))
         for shard in self.shards:
-            read = checks.read_shard(self.dir / shard["file"], shard, self.meta, dtype, inputs)
+            path = self.dir / shard["file"]
+            read = checks.read_shard(path, shard, self.meta, dtype, inputs)
+            read["caption_image_index"] = checks.caption_rows(path, row_of, read.pop("caption_image_ids"))
             for name, value in read.items():
                 parts.setdefault(name, []).append(value)
         for name, values in parts.items():
@@ -297,10 +301,16 @@ class Cache:
                     f"{self.dir}: '{key}' is in {len(values)} of {len(self.shards)} shards; expected all or none"
                 )
         arrays = {name: np.concatenate(values) for name, values in parts.items()}
-        arrays["caption_image_index"] = checks.caption_rows(
-            self.dir, self.shards, arrays["image_ids"], arrays["caption_image_ids"]
-        )
+        arrays["caption_image_ids"] = arrays["image_ids"][arrays["caption_image_index"]]
         return CacheArrays(**arrays)
+
+    def image_ids_of(self, shard: dict) -> np.ndarray:
+        """(n,) the image ids of one shard, checked against its entry's count."""
+        path = self.dir / shard["file"]
+        with checks.open_shard(path) as f:
+            ids = checks.read_column(f, path, "images/ids", strings=True)
+        checks.check_rows(path, "images/ids", ids, shard["num_images"], f"shards[{shard['index']}].num_images")
+        return ids
 
 
 def open_cache(source: Path | Cache, verify: bool = True) -> Cache:

@@ -282,8 +282,8 @@ def check_token_datasets(f: h5py.File, path: Path, entry: dict, meta: dict) -> d
     return {"images/tokens": images, "captions/tokens": captions, "captions/token_mask": mask}
 
 
-def caption_rows(cache_dir: Path, shards: list[dict], image_ids: np.ndarray, caption_image_ids: np.ndarray):
-    """(M,) int64 row of each caption's image; `BadInput` on a repeated image id or a caption of an unknown image."""
+def image_rows(cache_dir: Path, image_ids: np.ndarray) -> dict[str, int]:
+    """{image id: its row}; `BadInput` on a repeated image id."""
     row_of = {image_id: row for row, image_id in enumerate(image_ids)}
     if len(row_of) != len(image_ids):
         ids, counts = np.unique(image_ids.astype(str), return_counts=True)
@@ -292,13 +292,17 @@ def caption_rows(cache_dir: Path, shards: list[dict], image_ids: np.ndarray, cap
             f"{cache_dir}: {len(repeated)} image ids appear in more than one row, e.g. {repeated[:5].tolist()}; "
             "expected each image once"
         )
+    return row_of
+
+
+def caption_rows(path: Path, row_of: dict[str, int], caption_image_ids: np.ndarray) -> np.ndarray:
+    """(m,) int64 row of the image of each caption of shard `path`; `BadInput` on a caption of an unknown image."""
     rows = np.fromiter((row_of.get(i, -1) for i in caption_image_ids), dtype=np.int64, count=len(caption_image_ids))
     orphans = np.flatnonzero(rows < 0)
     if len(orphans):
-        shard = shards[np.searchsorted(np.cumsum([s["num_captions"] for s in shards]), orphans[0], side="right")]
         unknown = sorted(set(caption_image_ids[orphans]))
         raise BadInput(
-            f"{Path(cache_dir) / shard['file']}: {len(orphans)} captions point at {len(unknown)} image ids not in "
-            f"the cache, e.g. {unknown[:5]}; expected every caption's image in the cache"
+            f"{path}: {len(orphans)} captions point at {len(unknown)} image ids not in the cache, e.g. "
+            f"{unknown[:5]}; expected every caption's image in the cache"
         )
     return rows

@@ -139,9 +139,10 @@ class ShardRows:
         return dataset.shape[1:], dataset.dtype
 
     def window(self, key: str, cache_rows: np.ndarray, check: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(W, index): the slabs covering rows `cache_rows` of dataset `key`, back to back (one read per run of
-        nearby rows, straight into W, the rows of a gap included; a repeated row read once), and (k,) the
-        position in W of each row asked, so `W[index]` is the rows in the order asked. Rows of a shard whose
+        """(W, index): the rows `cache_rows` of dataset `key` read a run of nearby rows at a time (a repeated row
+        read once), and (k,) the position in W of each row asked, so `W[index]` is the rows in the order asked.
+        A run at least half wanted goes straight into W, its gap rows included; a sparser one (e.g. one caption
+        of five per image) is read into a scratch slab and only its wanted rows kept. Rows of a shard whose
         trailing dims are smaller than another's (captions padded to each shard's longest) are zero-padded.
         `check(path, slab)` sees each slab read with its shard file."""
         cache_rows = np.asarray(cache_rows, dtype=np.int64)
@@ -153,31 +154,45 @@ class ShardRows:
         shards = np.searchsorted(starts, unique, side="right") - 1
         breaks = np.flatnonzero((np.diff(unique) > RUN_GAP) | (np.diff(shards) != 0)) + 1
         heads, tails = np.r_[0, breaks], np.r_[breaks, len(unique)] - 1
-        firsts, lengths = unique[heads], unique[tails] + 1 - unique[heads]
-        offsets = np.cumsum(lengths) - lengths
-        run_of = np.repeat(np.arange(len(heads)), tails + 1 - heads)
-        index = (offsets[run_of] + unique - firsts[run_of])[inverse]
+        firsts, lengths, counts = unique[heads], unique[tails] + 1 - unique[heads], tails + 1 - heads
+        dense = 2 * counts >= lengths  # a run read whole into W; a sparse one through a scratch slab, picked
+        kept = np.where(dense, lengths, counts)
+        offsets, run_of = np.cumsum(kept) - kept, np.repeat(np.arange(len(heads)), counts)
+        within = np.where(dense[run_of], unique - firsts[run_of], np.arange(len(unique)) - heads[run_of])
+        index = (offsets[run_of] + within)[inverse]
         layouts = {int(shards[h]): self.layout(int(shards[h]), key) for h in heads}
         shapes, dtype = [shape for shape, _ in layouts.values()], next(iter(layouts.values()))[1]
         trailing = tuple(max(shape[i] for shape in shapes) for i in range(len(shapes[0])))
-        strings = dtype.kind == "O"  # variable-length UTF-8 strings
-        out = np.empty((int(lengths.sum()), *trailing), dtype=object if strings else dtype)
-        for head, first, length, offset in zip(heads, firsts, lengths, offsets):
+        out = np.empty((int(kept.sum()), *trailing), dtype=dtype)
+        for run, (head, first, length, offset) in enumerate(zip(heads, firsts, lengths, offsets)):
             shard = int(shards[head])
-            dataset, raw = self.opened(shard, key)  # reopened here if closed meanwhile (`max_open`)
-            local, place = slice(first - starts[shard], first - starts[shard] + length), slice(offset, offset + length)
-            if strings:
-                out[place] = np.asarray(dataset.asstr()[local], dtype=object)
-            elif raw is not None and dataset.shape[1:] == trailing:
-                raw.read_into(self.fds[shard], local.start, out[place])
-            elif dataset.shape[1:] == trailing:
-                dataset.read_direct(out, local, place)
+            local = first - starts[shard]
+            if dense[run]:
+                target = out[offset : offset + length]
+                self.read_run(shard, key, local, target)
             else:
-                out[place] = 0
-                out[(place, *(slice(0, n) for n in dataset.shape[1:]))] = dataset[local]
+                slab = np.empty((length, *trailing), dtype=dtype)
+                self.read_run(shard, key, local, slab)
+                target = out[offset : offset + counts[run]]
+                target[:] = slab[unique[head : tails[run] + 1] - first]
             if check is not None:
-                check(self.files[shard], out[place])
+                check(self.files[shard], target)
         return out, index
+
+    def read_run(self, shard: int, key: str, first: int, out: np.ndarray) -> None:
+        """Rows `first` .. `first + len(out)` of dataset `key` in `shard` into `out` (zero-padded in trailing dims
+        the shard's rows lack): raw when its layout allows, else through HDF5."""
+        dataset, raw = self.opened(shard, key)  # reopened here if closed meanwhile (`max_open`)
+        rows = slice(first, first + len(out))
+        if dataset.dtype.kind == "O":  # variable-length UTF-8 strings
+            out[:] = np.asarray(dataset.asstr()[rows], dtype=object)
+        elif dataset.shape[1:] != out.shape[1:]:
+            out[:] = 0
+            out[(slice(None), *(slice(0, n) for n in dataset.shape[1:]))] = dataset[rows]
+        elif raw is not None:
+            raw.read_into(self.fds[shard], first, out)
+        else:
+            dataset.read_direct(out, rows)
 
     def rows(self, key: str, cache_rows: np.ndarray, dtype=None, check: Callable | None = None) -> np.ndarray:
         """(k, ...) rows `cache_rows` of dataset `key` in the order asked (as `dtype` when given); `check` as for

@@ -107,6 +107,7 @@ def window_batches(source, image_rows, caption_rows, batch_size: int, share: sli
         for at in range(start, whole, width):
             yield batch.part(slice(at, at + width))
         pending = batch.part(slice(whole, len(batch))) if whole < len(batch) else None
+        del batch  # freed before the next window is read: one window in memory at a time
 
 
 def prefetched(batches: Iterator, depth: int = PREFETCH) -> Iterator:
