@@ -1,8 +1,9 @@
-"""`xalign bench {train,eval,encode,attention,search,import,scale} [...]`: each prints one JSON object last on stdout.
+"""`xalign bench {train,eval,encode,attention,search,import,recipe,scale} [...]`: each prints one JSON object
+last on stdout.
 
 Every benchmark measures after a warm-up; train and encode run their loops in one process, one after
 another; eval and attention run each size in a fresh subprocess, so that its peak memory is its own, import
-runs the import in one, and scale runs each command in one.
+runs the import in one, recipe its steps in one, and scale each command in one.
 """
 
 import importlib
@@ -20,6 +21,7 @@ BENCHMARKS = {
     ),
     "search": ("pipeline.bench.search", "faiss index vs exact search: single-query qps, latency, recall@10, memory"),
     "import": ("pipeline.bench.imports", "xalign import from .npy: rows/s and peak memory as the input grows"),
+    "recipe": ("pipeline.bench.recipe", "a recipe's first steps at its own batch size: seconds a step, peak memory"),
     "scale": ("pipeline.bench.scale", "split, one streamed epoch and evaluate on millions of captions: time, memory"),
 }
 

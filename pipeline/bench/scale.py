@@ -79,7 +79,7 @@ def pipeline_at(size: int, root: Path, args) -> dict:
     stages["train"] = measured(["train", str(config)], root, "train", args.cgroup)
     run = root / "results" / f"scale-{cache_dir.name}"
     (epoch,) = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
-    stages["train"]["epoch_seconds"] = round(epoch["seconds"], 1)
+    stages["train"]["epoch_seconds"] = round(epoch["seconds"], 2)
     stages["train"]["streamed"] = json.loads((run / "run_info.json").read_text())["train_streamed"]
     stages["evaluate"] = measured(["evaluate", str(run), "--no-verify"], root, "evaluate", args.cgroup)
     stages["evaluate"]["test_rsum"] = json.loads((run / "metrics.json").read_text())["rsum"]

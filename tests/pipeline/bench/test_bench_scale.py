@@ -19,7 +19,7 @@ def test_bench_scale_reports_each_stage_at_each_size(capsys, tmp_path):
         assert size["captions"] == 2 * size["images"] and size["cache_mb"] >= 0
         for stage in ("split", "train", "evaluate"):
             assert size[stage]["seconds"] > 0 and size[stage]["peak_rss_mb"] > 50
-        assert 0 < size["train"]["epoch_seconds"] < size["train"]["seconds"]
+        assert 0 <= size["train"]["epoch_seconds"] < size["train"]["seconds"]
         assert 0 <= size["evaluate"]["test_rsum"] <= 600
     assert not list(tmp_path.iterdir())  # the caches are removed
 

@@ -220,3 +220,24 @@ def test_shard_rows_keeps_at_most_its_limit_of_shards_open(synthetic_cache):
         assert np.array_equal(reader.rows("images/embeddings", rows, np.float32), every.image_embeddings[rows])
         assert len(reader.handles) <= 2
     reader.close()
+
+
+@pytest.mark.parametrize("key", ["images/embeddings", "captions/embeddings"])
+def test_a_shard_of_other_dims_is_refused_naming_it(tmp_path, monkeypatch, capsys, key):
+    import h5py
+    from conftest import write_synthetic_cache
+
+    from encoding.commands import split
+
+    cache = write_synthetic_cache(tmp_path / "cache")
+    assert split.main([str(cache), "--val", "10", "--test", "10", "--seed", "0"]) == 0
+    with h5py.File(cache / "shard-00001.h5", "a") as f:  # one shard re-written with one dim fewer
+        rows = f[key][:, :-1]
+        del f[key]
+        f[key] = rows
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, cache, "dims", data={"stream": True})
+    assert cli(["train", str(config), "--no-verify"]) == 2
+    err = capsys.readouterr().err
+    assert "shard-00001.h5" in err and key in err and "dim" in err
+    assert not (tmp_path / "results" / "dims" / "last.pt").exists()
