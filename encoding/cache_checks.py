@@ -215,6 +215,14 @@ def check_embeddings(path: Path, key: str, values: np.ndarray, dim: int, dim_key
         )
 
 
+def embedding_check(meta: dict, key: str):
+    """`check(path, rows)`: `check_embeddings` of rows of dataset `key` (`images/embeddings` or `captions/embeddings`)
+    read from shard `path`, against the metadata's dim of that side."""
+    side = "image" if key.startswith("images/") else "text"
+    dim = meta[f"{side}_model"]["dim"]
+    return lambda path, rows: check_embeddings(path, key, rows, dim, f"{side}_model.dim")
+
+
 INPUT_COLUMNS = ("images/embeddings", "captions/embeddings", "captions/text")  # left out of a shard's index
 
 

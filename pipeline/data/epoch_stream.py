@@ -97,16 +97,17 @@ def window_batches(source, image_rows, caption_rows, batch_size: int, share: sli
         picked = positions[mine[positions % batch_size]]  # in order: `width` consecutive rows per global batch
         batch = source.read(image_rows[picked], caption_rows[picked])
         start = 0
-        if pending is not None:
+        if pending is not None:  # completed from this window's head (or, in a window too short, kept growing)
             start = min(width - len(pending), len(batch))
             pending = type(pending).cat([pending, batch.part(slice(0, start))])
-            if len(pending) < width:
-                continue
-            yield pending
+            if len(pending) == width:
+                yield pending
+                pending = None
         whole = start + (len(batch) - start) // width * width
         for at in range(start, whole, width):
             yield batch.part(slice(at, at + width))
-        pending = batch.part(slice(whole, len(batch))) if whole < len(batch) else None
+        if whole < len(batch):
+            pending = batch.part(slice(whole, len(batch)))
         del batch  # freed before the next window is read: one window in memory at a time
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from encoding.cache_checks import check_embeddings
+from encoding.cache_checks import embedding_check
 from encoding.shard_rows import ShardRows
 from pipeline.data.memory_budget import choose_stream
 from pipeline.data.split_tensors import SplitTensors, read_inputs
@@ -62,15 +62,8 @@ class ShardEmbeddings:
     def __init__(self, split: SplitTensors):
         self.reader = ShardRows(split.cache)
         self.image_rows, self.caption_rows = split.cache_rows
-        meta = split.cache.meta
-        self.checks = {
-            key: (
-                lambda path, part, key=key, side=side: check_embeddings(
-                    path, key, part, meta[f"{side}_model"]["dim"], f"{side}_model.dim"
-                )
-            )
-            for key, side in (("images/embeddings", "image"), ("captions/embeddings", "text"))
-        }
+        keys = ("images/embeddings", "captions/embeddings")
+        self.checks = {key: embedding_check(split.cache.meta, key) for key in keys}
 
     def read(self, image_rows: torch.Tensor, caption_rows: torch.Tensor) -> PooledWindow:
         key = "images/embeddings"

@@ -130,19 +130,17 @@ def read_inputs(split: SplitTensors, reader: ShardRows | None = None) -> SplitTe
     reader = ShardRows(split.cache) if own else reader
     meta = split.cache.meta
 
-    def finite(key: str, side: str):
-        dim = meta[f"{side}_model"]["dim"]
-        return lambda path, part: cache_checks.check_embeddings(path, key, part, dim, f"{side}_model.dim")
+    def embeddings(key: str, cache_rows: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(reader.rows(key, cache_rows, np.float32, cache_checks.embedding_check(meta, key)))
 
     try:
         image_rows, caption_rows = split.cache_rows
-        image = reader.rows("images/embeddings", image_rows, np.float32, finite("images/embeddings", "image"))
-        text = reader.rows("captions/embeddings", caption_rows, np.float32, finite("captions/embeddings", "text"))
+        image, text = embeddings("images/embeddings", image_rows), embeddings("captions/embeddings", caption_rows)
         captions = reader.rows("captions/text", caption_rows)
     finally:
         if own:
             reader.close()
-    return replace(split, image=torch.from_numpy(image), text=torch.from_numpy(text), captions=captions)
+    return replace(split, image=image, text=text, captions=captions)
 
 
 def _sample(ids) -> str:

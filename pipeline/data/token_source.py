@@ -139,8 +139,7 @@ class ShardTokens:
 
     streamed = True
 
-    def __init__(self, opened: Cache, split: SplitTensors, shape: TokenShape):
-        self.cache_dir, self.shape = opened.dir, shape
+    def __init__(self, opened: Cache, split: SplitTensors):
         self.reader = ShardRows(opened, lambda f, path, key: token_dataset(f, path, key, *DATASETS[key]))
         self.image_rows, self.caption_rows = split.cache_rows
 
@@ -176,7 +175,7 @@ def token_source(split: SplitTensors, stream: bool | None = None) -> InMemoryTok
     when `stream` is None and they exceed the memory budget (`choose_stream`); else read once into memory."""
     opened = open_cache(split.cache or split.cache_dir, verify=False)
     shape = token_shape(opened)
-    shards = ShardTokens(opened, split, shape)
+    shards = ShardTokens(opened, split)
     if choose_stream(f"tokens of {split.name or 'a split'}", split_token_bytes(split, shape), stream):
         return shards
     every = torch.arange(len(split.image_ids)), torch.arange(len(split.caption_image_index))
