@@ -35,6 +35,7 @@ import torch
 from encoding.errors import BadInput
 from encoding.runtime import resolve_device, timed
 from pipeline import heads
+from pipeline.bench.arguments import positive_list, require_positive
 
 HEADS = ("token_transformer", "sparse_attention", "distilbert", "longformer")
 TEXT_TOWERS = {  # model type → transformers config keys of the bench's sizes
@@ -140,17 +141,6 @@ def run_one(head: str, tokens: int, args) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def token_counts(text: str) -> list[int]:
-    """`--tokens 64,256`: positive integers."""
-    try:
-        counts = [int(part) for part in text.split(",")]
-    except ValueError:
-        counts = []
-    if not counts or min(counts) < 1:
-        raise BadInput(f"--tokens {text!r}: expected comma-separated positive integers, e.g. 64,256,1024")
-    return counts
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xalign bench attention", description=__doc__)
     p.add_argument("--tokens", default="64,256,1024,4096", help="token counts, comma-separated")
@@ -180,10 +170,8 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    counts = token_counts(args.tokens)
-    for name in ("batch_size", "dim", "hidden_dim", "num_layers", "window", "repeats"):
-        if getattr(args, name) < 1:
-            raise BadInput(f"--{name.replace('_', '-')} {getattr(args, name)}: must be a positive integer")
+    counts = positive_list("--tokens", args.tokens, "64,256,1024")
+    require_positive(args, ("batch_size", "dim", "hidden_dim", "num_layers", "window", "repeats"))
     device = resolve_device(args.device)
     if args.worker:
         print(json.dumps(measure(args.head, counts[0], args, device)))

@@ -18,6 +18,7 @@ import torch
 
 from encoding.errors import BadInput
 from encoding.runtime import resolve_device, timed
+from pipeline.bench.arguments import require_positive
 from pipeline.bench.fresh_process import fresh_process_result
 from pipeline.evaluation import metrics
 
@@ -102,9 +103,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.captions is not None and args.images is None:
         raise BadInput("--captions needs --images")
-    for name in ("images", "captions", "dim", "repeats", "threads"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise BadInput(f"--{name} {getattr(args, name)}: must be a positive integer")
+    require_positive(args, ("images", "captions", "dim", "repeats", "threads"))
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)

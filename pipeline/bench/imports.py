@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from encoding.errors import BadInput
+from pipeline.bench.arguments import require_positive
 from pipeline.bench.fresh_process import fresh_process_result
 
 CHUNK_ROWS = 100_000
@@ -114,9 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("rows", "dim_image", "dim_text", "captions_per_image", "shard_size"):
-        if getattr(args, name) < 1:
-            raise BadInput(f"--{name.replace('_', '-')} {getattr(args, name)}: must be a positive integer")
+    require_positive(args, ("rows", "dim_image", "dim_text", "captions_per_image", "shard_size"))
     if args.worker:
         print(json.dumps(measure(args.worker, args.shard_size)))
         return 0

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from encoding.errors import BadInput
+from pipeline.bench.arguments import require_positive
 from pipeline.bench.fresh_process import fresh_process_result
 from pipeline.bench.streaming import HELD_OUT, write_bench_cache
 from pipeline.config.experiment import load_config
@@ -65,8 +65,7 @@ def main(argv=None) -> int:
     if args.child is not None:
         print(json.dumps(timed_steps(args)))
         return 0
-    if args.steps < 1:
-        raise BadInput("bench recipe: --steps must be >= 1")
+    require_positive(args, ("image_dim", "text_dim", "captions_per_image", "steps"))
     batch = load_config(args.config, args.overrides).training.batch_size
     args.tokens, args.shard_size = False, 10_000
     images = -(-batch * args.steps // args.captions_per_image) + 2 * HELD_OUT

@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from encoding.errors import BadInput
+from pipeline.bench.arguments import positive_list, require_positive
 from pipeline.bench.streaming import cache_mb, write_bench_cache
 from pipeline.data.memory_budget import CGROUP_FILES, cgroup_room_bytes
 
@@ -114,11 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     args.tokens = False
-    try:
-        sizes = [int(s) for s in args.images.split(",") if s]
-    except ValueError:
-        raise BadInput(f"bench scale: --images '{args.images}' is not a comma-separated list of integers") from None
-    if not sizes or min(sizes) <= 2 * args.held_out:
+    sizes = positive_list("--images", args.images, "200000,1000000")
+    numbers = ("captions_per_image", "image_dim", "text_dim", "held_out", "hidden_dim", "batch_size", "shard_size")
+    require_positive(args, numbers)
+    if min(sizes) <= 2 * args.held_out:
         raise BadInput(f"bench scale: every --images size must exceed 2 x --held-out ({2 * args.held_out})")
     if args.cgroup is not None and not (args.cgroup / "cgroup.procs").is_file():
         raise BadInput(f"bench scale: --cgroup {args.cgroup} is not a cgroup directory (no cgroup.procs)")

@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from encoding.errors import BadInput
+from pipeline.bench.arguments import require_positive
 from pipeline.search import faiss_index
 
 CENTRES = 1000
@@ -116,9 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("vectors", "dim", "queries"):
-        if getattr(args, name) < 1:
-            raise BadInput(f"--{name} {getattr(args, name)}: must be a positive integer")
+    require_positive(args, ("vectors", "dim", "queries"))
     r = measure(args)
     print("| vectors | factory | build s | index MB | exact qps | index qps | ratio | recall@10 | p50/p99 ms |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from encoding import cache
 from encoding.errors import BadInput
 from encoding.runtime import timed
+from pipeline.bench.arguments import positive_list, require_positive
 from pipeline.bench.fresh_process import fresh_process_result
 from pipeline.config.experiment import from_dict
 from pipeline.data.split_tensors import load_splits
@@ -177,6 +178,9 @@ def main(argv=None) -> int:
     args = build_parser(flag).parse_args(argv)
     args.flag, args.tokens = flag, flag == "--tokens"
     args.passed = [flag, *(a for a in argv if a not in ("--rss-child", str(args.rss_child)))]
+    numbers = ("images", "captions_per_image", "image_dim", "text_dim", "image_tokens", "text_tokens", "dim")
+    require_positive(args, (*numbers, "hidden_dim", "batch_size", "shard_size", "steps", "warmup", "repeats"))
+    sizes = positive_list("--rss-images", args.rss_images, "20000,160000", allow_empty=True)
     if args.rss_child is not None:
         run = trainer(args.rss_child, args, stream=True)
         run.train_epoch(0)
@@ -187,7 +191,6 @@ def main(argv=None) -> int:
             f"bench train {flag}: --images {args.images} hold fewer training captions (after 128 held out) than "
             "(steps + warmup) x batch size"
         )
-    sizes = [int(s) for s in args.rss_images.split(",") if s]
     with tempfile.TemporaryDirectory(prefix="xalign-bench-stream-") as tmp:
         cache_dir = write_bench_cache(Path(tmp) / "cache", args, args.images)
         runs = {"memory": trainer(cache_dir, args, False), "streamed": trainer(cache_dir, args, True)}

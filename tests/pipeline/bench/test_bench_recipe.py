@@ -19,3 +19,8 @@ def test_bench_recipe_times_the_steps_of_a_shipped_recipe(capsys, tmp_path):
 def test_bench_recipe_refuses_a_bad_override(capsys):
     assert cli(["bench", "recipe", "configs/heads/sail.yaml", "--set", "training.optimizer=sgd"]) == 2
     assert "training.optimizer" in capsys.readouterr().err
+
+
+def test_bench_recipe_refuses_a_zero_dim(capsys):
+    assert cli(["bench", "recipe", "configs/heads/sail.yaml", "--image-dim", "0"]) == 2
+    assert "--image-dim" in capsys.readouterr().err

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from pipeline.cli import main as cli
 
 
@@ -27,3 +29,11 @@ def test_bench_train_stream_reports_its_ratios_for_pooled_heads(capsys):
     assert result["streamed_vs_memory"] == result["streamed_pairs_per_s"] / result["memory_pairs_per_s"]
     (rss,) = result["streamed_peak_rss"]
     assert rss["images"] == 200 and rss["cache_mb"] > 0 and rss["peak_rss_mb"] > 0
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--repeats", "0"), ("--rss-images", "abc"), ("--image-dim", "0"), ("--batch-size", "-1")]
+)
+def test_bench_train_stream_refuses_bad_numbers_naming_the_flag(flag, value, capsys):
+    assert cli(["bench", "train", "--stream", flag, value]) == 2
+    assert flag in capsys.readouterr().err
